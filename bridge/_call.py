@@ -1,0 +1,583 @@
+"""The call runner: one Twilio Media Stream bridged to one Speakr session.
+
+Theory of operation
+-------------------
+:func:`run_call` owns one Trio nursery with three tasks:
+
+* **Twilio receiver** reads the Media Stream. ``start`` fixes the call's ids and
+  per-call parameters; caller audio is μ-law decoded and re-framed into exact
+  512-byte Speakr frames (:class:`~bridge._uplink.UplinkFramer`, which holds the
+  last second until Speakr is ``ready``); Twilio's returned marks go to the
+  playback ledger, whose ``status`` actions are queued for Speakr.
+* **Speakr sender** is the only writer of the Speakr socket. It sends ``start``
+  once both Speakr's ``initial`` and Twilio's ``start`` have arrived, then drains
+  the uplink channel (audio frames and statuses) in order.
+* **Speakr receiver** opens the Speakr socket as soon as the stream is accepted
+  (in parallel with waiting for Twilio's ``start``) and is the only writer of the
+  Twilio socket: agent audio is resampled and μ-law encoded
+  (:class:`codec.DownlinkEncoder`) and handed to the ledger, which decides what is
+  sent, held, replayed or dropped on ``pause``/``continue``/``clear``.
+
+The ledger and the framer are plain objects shared by two tasks; Trio runs one
+task at a time and every mutation is synchronous, so no lock is needed.
+
+Ending: whichever side ends first records the reason (first one wins).
+Twilio hanging up (``stop`` or a closed socket) closes the uplink channel; the
+sender flushes what is queued plus the last partial frame, padded, and closes
+Speakr with 1000. Speakr ending (``end`` after the last audio has played, a
+drop, a failure) closes the Twilio socket, so Twilio plays the TwiML after
+``</Connect>``. Either way the nursery is given :data:`CLOSE_TIMEOUT_S` to
+unwind and is then cancelled, and a shielded cleanup closes whatever socket is
+still open: no task outlives its call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+import trio_websocket
+
+import codec
+from bridge import _speakr, _twilio
+from bridge._config import Config
+from bridge._errors import CallEnded, SpeakrProtocolError, TwilioProtocolError
+from bridge._ledger import PlaybackLedger, SendClear, SendMark, SendMedia, SendStatus
+from bridge._metrics import CallCounters, Metrics
+from bridge._uplink import UplinkFramer
+
+__all__ = ["TwilioSocket", "CallResult", "CallSettings", "run_call"]
+
+logger = logging.getLogger("bridge.call")
+
+#: Uplink channel (Twilio receiver -> Speakr sender), in items: 512-byte frames
+#: (32 ms each) and the occasional status. 32 frames is ~1 s of caller audio:
+#: enough to ride out a Speakr hiccup, small enough that a stalled agent never
+#: makes us queue seconds of stale speech. Past it, new audio frames are dropped
+#: and counted (``uplink_overflow``); statuses are never dropped.
+UPLINK_CHANNEL_ITEMS = 32
+#: Time for both sockets to close once a call has ended (PROTOCOLS.md: 1 s).
+CLOSE_TIMEOUT_S = 1.0
+#: Extra time allowed after ``end`` for Twilio to confirm the last audio played.
+END_PLAYOUT_GRACE_S = 1.0
+#: Largest Speakr message we accept (trio-websocket closes with 1009 beyond it).
+#: 8 MiB of base64 is ~2 minutes of 24 kHz speech in one message.
+SPEAKR_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: Largest decoded Twilio media payload we accept: Twilio sends 160 bytes.
+TWILIO_MAX_PAYLOAD_BYTES = 16_000
+#: Speakr socket read size: a 100 ms agent message is ~6.5 kB of base64.
+SPEAKR_RECEIVE_BUFFER_BYTES = 64 * 1024
+#: How often the per-call hot-path counters are folded into the registry.
+COUNTER_FLUSH_FRAMES = 50
+
+
+class TwilioSocket(Protocol):
+    """The server side of Twilio's Media Stream WebSocket, as the runner needs it."""
+
+    async def receive(self) -> str | bytes:
+        """The next message; raises :class:`CallEnded` once the socket is closed."""
+
+    async def send(self, text: str) -> None:
+        """Send one text frame; raises :class:`CallEnded` if the socket is closed."""
+
+    async def close(self, code: int = 1000) -> None:
+        """Close the socket (idempotent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    """What a call needs from the app: configuration, metrics, the agent URL."""
+
+    config: Config
+    metrics: Metrics
+    agent_url: str
+    #: Validates ``start`` before any agent session is opened; returns a reason
+    #: to refuse the stream, or None. (The app's per-call token check.)
+    authorize: Callable[[_twilio.Start], str | None] | None = None
+
+
+@dataclass(slots=True)
+class CallResult:
+    """How a call went, for logs, tests and the demo summary."""
+
+    reason: str = "unknown"
+    call_sid: str | None = None
+    stream_sid: str | None = None
+    session_id: str | None = None
+    start_to_ready_s: float | None = None
+    uplink_frames: int = 0
+    uplink_dropped_bytes: int = 0
+    protocol_errors: dict[str, int] = field(default_factory=dict)
+    barge_in: dict[str, int] = field(default_factory=dict)
+    ledger_stats: Any = None
+
+
+class _CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with the call's ids, as far as they are known."""
+
+    def __init__(self, call: _Call) -> None:
+        super().__init__(logger, {})
+        self._call = call
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        r = self._call.result
+        ids = {"call_sid": r.call_sid or "-", "stream_sid": r.stream_sid or "-", "session_id": r.session_id or "-"}
+        kwargs.setdefault("extra", {}).update(ids)
+        return f"[{ids['call_sid']} {ids['stream_sid']} {ids['session_id']}] {msg}", kwargs
+
+
+class _Call:
+    def __init__(self, twilio: TwilioSocket, settings: CallSettings) -> None:
+        self.twilio = twilio
+        self.settings = settings
+        self.config = settings.config
+        self.metrics = settings.metrics
+        self.result = CallResult()
+        self.log = _CallLog(self)
+        self.counters = CallCounters()
+        self.framer = UplinkFramer()
+        self.ledger = PlaybackLedger()
+        self.downlink = codec.DownlinkEncoder()
+        self.start: _twilio.Start | None = None
+        self.params: _speakr.StartParams | None = None
+        self.speakr: trio_websocket.WebSocketConnection | None = None
+        self.uplink_send, self.uplink_recv = trio.open_memory_channel[tuple[str | bytes, float]](
+            UPLINK_CHANNEL_ITEMS
+        )
+        self.started = trio.Event()  # Twilio start accepted (and authorized)
+        self.ended = trio.Event()  # a reason to end was recorded
+        self.speakr_open = trio.Event()
+        self.initial = trio.Event()
+        self.ready = trio.Event()
+        self.playout_done = trio.Event()  # set when the ledger goes idle after `end`
+        self.ending_after_playout = False
+        self.twilio_closed = False
+        self.t_start = 0.0
+        self.nursery: trio.Nursery | None = None
+
+    # --- ending -----------------------------------------------------------------
+
+    def end(self, reason: str) -> None:
+        """Record why the call ends (first reason wins) and give it a second to unwind."""
+        if self.result.reason == "unknown":
+            self.result.reason = reason
+            self.log.info("call ending: %s", reason)
+        self.ended.set()
+        if self.speakr is None and self.nursery is not None:
+            self.nursery.cancel_scope.cancel()  # no agent socket yet: nothing to flush
+        if self.nursery is not None:
+            deadline = trio.current_time() + CLOSE_TIMEOUT_S
+            scope = self.nursery.cancel_scope
+            scope.deadline = min(scope.deadline, deadline)
+
+    def abort(self, reason: str) -> None:
+        """End now: cancel every task (cleanup still closes both sockets)."""
+        self.end(reason)
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    async def close_twilio(self) -> None:
+        if not self.twilio_closed:
+            self.twilio_closed = True
+            await self.twilio.close(1000)
+
+    def count_error(self, peer: str, kind: str, detail: str) -> None:
+        self.metrics.protocol_errors.labels(peer, kind).inc()
+        key = f"{peer}:{kind}"
+        self.result.protocol_errors[key] = self.result.protocol_errors.get(key, 0) + 1
+        self.log.warning("bad %s input (%s): %s", peer, kind, detail)
+
+    # --- the three tasks ------------------------------------------------------------
+
+    async def twilio_receiver(self) -> None:
+        """Read Twilio until it stops; feed the uplink and the ledger."""
+        decode = codec.ulaw_decode
+        parse = _twilio.parse_event
+        framer = self.framer
+        counters = self.counters
+        put = self.put_frame
+        try:
+            with trio.move_on_after(self.config.stream_start_timeout_s) as start_scope:
+                while self.start is None:
+                    await self.handle_twilio_event(await self.twilio.receive())
+            if start_scope.cancelled_caught:
+                self.metrics.calls_rejected.labels("no_start").inc()
+                self.abort("twilio_no_start")
+                return
+            while True:
+                data = await self.twilio.receive()
+                try:
+                    event = parse(data, max_payload_bytes=TWILIO_MAX_PAYLOAD_BYTES)
+                except TwilioProtocolError as exc:
+                    self.count_error("twilio", exc.kind, exc.detail)
+                    continue
+                if type(event) is _twilio.Media:
+                    # The hot path, inline: decode, re-frame, queue.
+                    pcm = decode(event.payload)
+                    counters.twilio_frames_in += 1
+                    counters.twilio_bytes_in += len(event.payload)
+                    now = trio.current_time()
+                    for frame in framer.feed(pcm):
+                        put(frame, now)
+                    if counters.twilio_frames_in >= COUNTER_FLUSH_FRAMES:
+                        counters.flush(self.metrics)
+                elif await self.dispatch_twilio(event):
+                    return
+        except CallEnded as exc:
+            self.end(exc.reason)
+        finally:
+            self.finish_uplink()
+
+    async def handle_twilio_event(self, data: str | bytes) -> None:
+        """Handle one message before ``start`` (connected, start, or out-of-order input)."""
+        try:
+            event = _twilio.parse_event(data, max_payload_bytes=TWILIO_MAX_PAYLOAD_BYTES)
+        except TwilioProtocolError as exc:
+            self.count_error("twilio", exc.kind, exc.detail)
+            return
+        if isinstance(event, _twilio.Start):
+            self.accept_start(event)
+        elif isinstance(event, _twilio.Connected):
+            self.log.debug("twilio connected (protocol %s %s)", event.protocol, event.version)
+        elif isinstance(event, _twilio.Stop):
+            raise CallEnded("twilio_stop")
+        else:
+            self.count_error("twilio", "before_start", f"{type(event).__name__} before start")
+
+    def accept_start(self, event: _twilio.Start) -> None:
+        if self.settings.authorize is not None:
+            refusal = self.settings.authorize(event)
+            if refusal is not None:
+                self.metrics.calls_rejected.labels(refusal).inc()
+                self.result.call_sid, self.result.stream_sid = event.call_sid, event.stream_sid
+                self.log.warning("stream refused: %s", refusal)
+                raise CallEnded(f"refused_{refusal}")
+        self.start = event
+        self.result.call_sid, self.result.stream_sid = event.call_sid, event.stream_sid
+        defaults = _speakr.StartParams(
+            temperature=self.config.temperature,
+            prefix_padding=self.config.prefix_padding,
+            voice_id=self.config.voice_id,
+            silence_duration_ms=self.config.silence_duration_ms,
+            threshold=self.config.threshold,
+            system_prompt=self.config.system_prompt,
+        )
+        self.params, warnings = defaults.with_overrides(event.custom_parameters)
+        self.result.session_id = self.params.session_id
+        for warning in warnings:
+            self.log.warning("custom parameter ignored: %s", warning)
+        self.t_start = trio.current_time()
+        self.log.info("stream started (%s)", ", ".join(sorted(event.custom_parameters)) or "no parameters")
+        self.started.set()
+
+    async def dispatch_twilio(self, event: _twilio.TwilioEvent) -> bool:
+        """Handle a non-media Twilio event after ``start``; True when the call is over."""
+        if isinstance(event, _twilio.Mark):
+            self.apply_status(self.ledger.twilio_mark(event.name))
+        elif isinstance(event, _twilio.Stop):
+            self.end("twilio_stop")
+            return True
+        elif isinstance(event, _twilio.Dtmf):
+            self.metrics.dtmf.inc()
+            self.log.info("dtmf %s", event.digit)
+        elif isinstance(event, _twilio.Start):
+            self.count_error("twilio", "second_start", "a second start was ignored")
+        else:  # Connected again
+            self.count_error("twilio", "unexpected_event", type(event).__name__)
+        return False
+
+    def apply_status(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, SendStatus):
+                self.metrics.statuses.inc()
+                self.put_control(_speakr.status_message(action.session_id, action.sequence_id))
+        if self.ending_after_playout and self.ledger.idle:
+            self.playout_done.set()
+
+    def put_frame(self, frame: bytes, t_received: float) -> None:
+        try:
+            self.uplink_send.send_nowait((frame, t_received))
+        except trio.WouldBlock:
+            self.metrics.dropped.labels("uplink_overflow").inc()
+            self.result.uplink_dropped_bytes += len(frame)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the call is ending; the sender is gone
+
+    def put_control(self, message: str) -> None:
+        try:
+            self.uplink_send.send_nowait((message, 0.0))
+        except trio.WouldBlock:
+            # Never drop a status: let it in above the audio bound (statuses are rare).
+            self.nursery.start_soon(self._put_later, message)  # type: ignore[union-attr]
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _put_later(self, message: str) -> None:
+        try:
+            await self.uplink_send.send((message, 0.0))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def finish_uplink(self) -> None:
+        """Twilio is done: queue the last partial frame (padded) and close the uplink."""
+        if self.framer.ready:
+            last = self.framer.finish()
+            if last is not None:
+                self.put_frame(last, trio.current_time())
+        self.result.uplink_dropped_bytes += self.framer.dropped_bytes
+        if self.framer.dropped_bytes:
+            self.metrics.dropped.labels("preroll").inc()
+        self.uplink_send.close()
+
+    async def speakr_sender(self) -> None:
+        """Send ``start`` when both sides are there, then drain the uplink in order."""
+        if not await self.until_ended(self.started.wait, self.initial.wait):
+            if self.speakr is not None:
+                await self.speakr.aclose(1000)
+            return
+        ws = self.speakr
+        assert ws is not None and self.params is not None
+        try:
+            await ws.send_message(_speakr.start_message(self.params))
+            self.log.info("speakr start sent")
+            counters = self.counters
+            hop = self.metrics.hop_latency.labels("uplink")
+            async for item, t_received in self.uplink_recv:
+                await ws.send_message(item)
+                if type(item) is bytes:
+                    counters.speakr_frames_out += 1
+                    counters.speakr_bytes_out += len(item)
+                    self.result.uplink_frames += 1
+                    hop.observe(trio.current_time() - t_received)
+            # Twilio is gone and everything queued was sent: close Speakr cleanly.
+            await ws.aclose(1000)
+        except trio_websocket.ConnectionClosed:
+            self.end("agent_disconnect")
+
+    async def until_ended(self, *waits: Callable[[], Any]) -> bool:
+        """Await each of ``waits`` in turn; False if the call ends first."""
+        async with trio.open_nursery() as race:
+            async def watch() -> None:
+                await self.ended.wait()
+                race.cancel_scope.cancel()
+            race.start_soon(watch)
+            for wait in waits:
+                await wait()
+            race.cancel_scope.cancel()
+            return True
+        return False
+
+    async def speakr_receiver(self) -> None:
+        """Open the Speakr socket, then handle what the agent sends."""
+        url = self.settings.agent_url
+        if self.settings.authorize is not None:
+            # With authentication on, no agent socket is opened for a stream
+            # until its start has shown a valid per-call token.
+            await self.started.wait()
+        try:
+            async with trio_websocket.open_websocket_url(
+                url,
+                connect_timeout=self.config.agent_connect_timeout_s,
+                disconnect_timeout=CLOSE_TIMEOUT_S,
+                max_message_size=SPEAKR_MAX_MESSAGE_BYTES,
+                receive_buffer_size=SPEAKR_RECEIVE_BUFFER_BYTES,
+            ) as ws:
+                self.speakr = ws
+                self.speakr_open.set()
+                await self.receive_agent(ws)
+        except trio_websocket.HandshakeError as exc:
+            self.log.error("speakr connection failed: %s", type(exc).__name__)
+            self.metrics.calls_rejected.labels("agent_connect_failed").inc()
+            await self.close_twilio()
+            self.abort("agent_connect_failed")
+        except trio_websocket.ConnectionClosed:
+            await self.agent_gone()
+        except OSError as exc:
+            self.log.error("speakr connection failed: %s", exc.strerror or type(exc).__name__)
+            await self.close_twilio()
+            self.abort("agent_connect_failed")
+
+    async def agent_gone(self) -> None:
+        """Speakr's socket closed. Expected after ``end`` or our own close; else a drop."""
+        if self.result.reason == "unknown":
+            self.log.warning("speakr disconnected without end")
+            await self.close_twilio()
+            self.abort("agent_disconnect")
+
+    async def receive_agent(self, ws: trio_websocket.WebSocketConnection) -> None:
+        parse = _speakr.parse_event
+        counters = self.counters
+        hop = self.metrics.hop_latency.labels("downlink")
+        while True:
+            data = await ws.get_message()
+            t0 = trio.current_time()
+            try:
+                event = parse(data)
+            except SpeakrProtocolError as exc:
+                self.count_error("speakr", exc.kind, exc.detail)
+                continue
+            if type(event) is _speakr.AgentMedia:
+                if not event.audio:
+                    continue  # nothing to play: no mark, no status (PROTOCOLS.md)
+                if self.start is None:
+                    self.count_error("speakr", "media_before_start", "agent audio before Twilio start")
+                    continue
+                counters.speakr_media_in += 1
+                counters.speakr_bytes_in += len(event.audio)
+                ulaw = self.downlink.process(event.audio)
+                await self.send_twilio(self.ledger.agent_media(event.session_id, event.sequence_id, ulaw))
+                hop.observe(trio.current_time() - t0)
+            elif isinstance(event, _speakr.Initial):
+                self.log.info("speakr initial")
+                self.initial.set()
+            elif isinstance(event, _speakr.Ready):
+                self.on_ready()
+            elif isinstance(event, (_speakr.Pause, _speakr.Continue, _speakr.Clear)):
+                await self.barge_in(event)
+            elif isinstance(event, _speakr.Info):
+                self.metrics.agent_info.labels(event.kind).inc()
+                self.log.warning("speakr info (%s): %.200r", event.kind, event.message)
+            elif isinstance(event, _speakr.End):
+                await self.agent_end(ws)
+                return
+
+    def on_ready(self) -> None:
+        if self.ready.is_set():
+            self.count_error("speakr", "second_ready", "ready received twice")
+            return
+        self.ready.set()
+        waited = trio.current_time() - self.t_start if self.start is not None else 0.0
+        self.result.start_to_ready_s = waited
+        self.metrics.agent_ready.observe(waited)
+        now = trio.current_time()
+        held = self.framer.start()
+        for frame in held:
+            self.put_frame(frame, now)
+        self.log.info("speakr ready after %.0f ms; %d held frames flushed", waited * 1000, len(held))
+
+    async def barge_in(self, event: _speakr.SpeakrEvent) -> None:
+        name = {_speakr.Pause: "pause", _speakr.Continue: "continue", _speakr.Clear: "clear"}[type(event)]
+        self.metrics.barge_in.labels(name).inc()
+        self.result.barge_in[name] = self.result.barge_in.get(name, 0) + 1
+        if self.start is None:
+            return
+        if name == "pause":
+            actions = self.ledger.pause()
+        elif name == "continue":
+            actions = self.ledger.resume()
+            if not actions:
+                self.log.info("continue with nothing paused: ignored")
+        else:
+            actions = self.ledger.clear()
+            self.downlink.reset()  # the old answer's filter tail must not leak into the new one
+        self.log.info("speakr %s", name)
+        await self.send_twilio(actions)
+
+    async def send_twilio(self, actions: list[Any]) -> None:
+        stream_sid = self.start.stream_sid  # type: ignore[union-attr]
+        counters = self.counters
+        for action in actions:
+            if type(action) is SendMedia:
+                counters.twilio_media_out += 1
+                counters.twilio_bytes_out += len(action.payload)
+                await self.twilio.send(_twilio.media_message(stream_sid, action.payload))
+            elif type(action) is SendMark:
+                await self.twilio.send(_twilio.mark_message(stream_sid, action.name))
+            elif type(action) is SendClear:
+                await self.twilio.send(_twilio.clear_message(stream_sid))
+            elif type(action) is SendStatus:  # only twilio_mark yields these
+                self.put_control(_speakr.status_message(action.session_id, action.sequence_id))
+
+    async def agent_end(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Speakr is done: play out what was sent (bounded), then hang up the stream."""
+        self.log.info("speakr end: playing out %d bytes", self.ledger.pending_bytes)
+        if self.start is not None:
+            tail = self.downlink.flush()
+            if tail:
+                await self.twilio.send(_twilio.media_message(self.start.stream_sid, tail))
+            self.ending_after_playout = True
+            if not self.ledger.idle:
+                bound_s = self.ledger.pending_bytes / 8000 + END_PLAYOUT_GRACE_S
+                with trio.move_on_after(bound_s):
+                    await self.playout_done.wait()
+        self.end("agent_end")
+        await self.close_twilio()
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await ws.aclose(1000)
+        self.abort("agent_end")
+
+    async def agent_watchdog(self) -> None:
+        """Give up on an agent that never becomes ready (the caller then hears the fallback)."""
+        if not await self.until_ended(self.started.wait):
+            return
+        with trio.move_on_after(self.config.agent_ready_timeout_s):
+            if not await self.until_ended(self.ready.wait):
+                return
+            return
+        self.log.error("speakr not ready %.1f s after start", self.config.agent_ready_timeout_s)
+        self.metrics.calls_rejected.labels("agent_not_ready").inc()
+        await self.close_twilio()
+        self.abort("agent_not_ready")
+
+    # --- the runner -------------------------------------------------------------------
+
+    async def run(self) -> CallResult:
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self.twilio_receiver)
+                nursery.start_soon(self.speakr_receiver)
+                nursery.start_soon(self.speakr_sender)
+                nursery.start_soon(self.agent_watchdog)
+                # The watchdog ends early on success; the others end the call.
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT_S) as cleanup:
+                cleanup.shield = True
+                await self.cleanup()
+            self.counters.flush(self.metrics)
+            if self.result.reason == "unknown":
+                self.result.reason = "cancelled"
+            self.result.ledger_stats = self.ledger.stats
+        return self.result
+
+    async def cleanup(self) -> None:
+        if self.speakr is not None and self.speakr.closed is None:
+            # Cancelled before the sender could finish: send what is queued, then close.
+            if self.ready.is_set():
+                while True:
+                    try:
+                        item, _ = self.uplink_recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                    try:
+                        await self.speakr.send_message(item)
+                    except trio_websocket.ConnectionClosed:
+                        break
+            await self.speakr.aclose(1000)
+        await self.close_twilio()
+
+
+async def run_call(twilio: TwilioSocket, settings: CallSettings) -> CallResult:
+    """Bridge one accepted Twilio Media Stream to a new Speakr session until either ends.
+
+    Never raises for anything the peers do: protocol errors are counted and
+    dropped, transport failures end the call with a reason. Returns how it went.
+    """
+    call = _Call(twilio, settings)
+    settings.metrics.calls_total.inc()
+    settings.metrics.calls_active.inc()
+    try:
+        result = await call.run()
+    finally:
+        settings.metrics.calls_active.dec()
+        settings.metrics.calls_ended.labels(call.result.reason).inc()
+    call.log.info(
+        "call ended: %s (uplink %d frames, %d bytes dropped; ready after %s ms)",
+        result.reason, result.uplink_frames, result.uplink_dropped_bytes,
+        "-" if result.start_to_ready_s is None else f"{result.start_to_ready_s * 1000:.0f}",
+    )
+    return result
+

@@ -1,0 +1,221 @@
+"""Configuration: one typed, immutable object built once at start.
+
+Sources, strongest first: the process environment, then a ``.env`` file in the
+working directory. Every value is validated here, and a bad one is a
+:class:`~bridge._errors.ConfigError` that names the variable. Secrets are
+wrapped in :class:`Secret` so that no repr, log line or error can show them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+
+from dotenv import dotenv_values
+
+from bridge._errors import ConfigError
+
+__all__ = ["Config", "Secret", "load_config"]
+
+
+class Secret:
+    """A string that never shows itself: ``repr``/``str`` print asterisks.
+
+    Call :meth:`reveal` at the one place the real value is needed (a URL being
+    dialled, an HMAC key). ``bool(secret)`` is False for an empty value.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    def __str__(self) -> str:
+        return "********" if self._value else ""
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _redact(value: object) -> str:
+    return str(value) if value is not None else "(unset)"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the bridge reads from its environment (see CONTRACT.md)."""
+
+    speakr_ws_url: str | None = None
+    speakr_api_key: Secret = field(default_factory=lambda: Secret(""))
+    voice_id: str = "jill"
+    system_prompt: str = "You are a helpful assistant"
+    temperature: float = 0.7
+    threshold: float = 0.18
+    silence_duration_ms: int = 1000
+    prefix_padding: float = 0.7
+    public_url: str | None = None
+    twilio_auth_token: Secret = field(default_factory=lambda: Secret(""))
+    twilio_account_sid: str | None = None
+    twilio_from_number: str | None = None
+    bridge_api_token: Secret = field(default_factory=lambda: Secret(""))
+    max_concurrent_calls: int = 200
+    log_format: str = "console"
+    # Operational limits, with the environment names in _TUNING below.
+    agent_connect_timeout_s: float = 5.0
+    agent_ready_timeout_s: float = 5.0
+    stream_start_timeout_s: float = 10.0
+    drain_timeout_s: float = 30.0
+    bridge_token_ttl_s: float = 300.0
+
+    def agent_url(self) -> str | None:
+        """The Speakr URL with ``api_key`` added to its query. Contains the key: never log it."""
+        if self.speakr_ws_url is None:
+            return None
+        return with_api_key(self.speakr_ws_url, self.speakr_api_key.reveal())
+
+    def redacted(self) -> dict[str, str]:
+        """Every setting as text for ``doctor`` and start-up logs, secrets masked."""
+        return {f.name: _redact(getattr(self, f.name)) for f in fields(self)}
+
+
+def with_api_key(url: str, api_key: str) -> str:
+    """Add ``api_key`` to ``url``'s query string, URL-encoded, keeping what is there."""
+    if not api_key:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "api_key"]
+    query.append(("api_key", api_key))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+# name of the env variable -> (Config field, parser)
+def _str(var: str, raw: str) -> str:
+    return raw
+
+
+def _ws_url(var: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ConfigError(var, f"{var} must be a ws:// or wss:// URL with a host, got {raw!r}")
+    return raw
+
+
+def _http_url(var: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(var, f"{var} must be an http(s):// URL with a host, got {raw!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(var, f"{var} must not carry a query or fragment, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _secret(var: str, raw: str) -> Secret:
+    return Secret(raw)
+
+
+def _float_in(lo: float, hi: float) -> Any:
+    def parse(var: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(var, f"{var} must be a number, got {raw!r}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise ConfigError(var, f"{var} must be between {lo} and {hi}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _int_in(lo: int, hi: int) -> Any:
+    def parse(var: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(var, f"{var} must be a whole number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ConfigError(var, f"{var} must be between {lo} and {hi}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _voice_id(var: str, raw: str) -> str:
+    if not 1 <= len(raw) <= 64 or not all(c.isalnum() or c in "_.-" for c in raw):
+        raise ConfigError(var, f"{var} must be 1-64 characters of letters, digits, '_', '.', '-', got {raw!r}")
+    return raw
+
+
+def _prompt(var: str, raw: str) -> str:
+    if not raw.strip() or len(raw) > 8000:
+        raise ConfigError(var, f"{var} must be non-empty and at most 8000 characters")
+    return raw
+
+
+def _log_format(var: str, raw: str) -> str:
+    if raw not in ("console", "json"):
+        raise ConfigError(var, f"{var} must be 'console' or 'json', got {raw!r}")
+    return raw
+
+
+_VARIABLES: dict[str, tuple[str, Any]] = {
+    "SPEAKR_WS_URL": ("speakr_ws_url", _ws_url),
+    "SPEAKR_API_KEY": ("speakr_api_key", _secret),
+    "SPEAKR_VOICE_ID": ("voice_id", _voice_id),
+    "SPEAKR_SYSTEM_PROMPT": ("system_prompt", _prompt),
+    "SPEAKR_TEMPERATURE": ("temperature", _float_in(0.0, 2.0)),
+    "SPEAKR_THRESHOLD": ("threshold", _float_in(0.0, 1.0)),
+    "SPEAKR_SILENCE_DURATION_MS": ("silence_duration_ms", _int_in(50, 10_000)),
+    "SPEAKR_PREFIX_PADDING": ("prefix_padding", _float_in(0.0, 5.0)),
+    "PUBLIC_URL": ("public_url", _http_url),
+    "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
+    "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _str),
+    "TWILIO_FROM_NUMBER": ("twilio_from_number", _str),
+    "BRIDGE_API_TOKEN": ("bridge_api_token", _secret),
+    "MAX_CONCURRENT_CALLS": ("max_concurrent_calls", _int_in(1, 100_000)),
+    "LOG_FORMAT": ("log_format", _log_format),
+    # Operational tuning; defaults suit a real phone line.
+    "BRIDGE_AGENT_CONNECT_TIMEOUT_S": ("agent_connect_timeout_s", _float_in(0.1, 120.0)),
+    "BRIDGE_AGENT_READY_TIMEOUT_S": ("agent_ready_timeout_s", _float_in(0.1, 120.0)),
+    "BRIDGE_STREAM_START_TIMEOUT_S": ("stream_start_timeout_s", _float_in(0.1, 120.0)),
+    "BRIDGE_DRAIN_TIMEOUT_S": ("drain_timeout_s", _float_in(0.0, 3600.0)),
+}
+
+VARIABLES = tuple(_VARIABLES)
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None, *, dotenv_path: str | os.PathLike[str] | None = ".env"
+) -> Config:
+    """Build the configuration from ``environ`` (default ``os.environ``) over ``.env``.
+
+    Raises:
+        ConfigError: a variable is malformed or out of range; the message names it.
+    """
+    merged: dict[str, str] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    for var, (name, parse) in _VARIABLES.items():
+        raw = merged.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        values[name] = parse(var, raw.strip() if parse is not _prompt else raw)
+    return Config(**values)

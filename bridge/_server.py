@@ -1,0 +1,62 @@
+"""Running the app under Hypercorn's trio worker, in process or as ``serve``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+__all__ = ["hypercorn_config", "serve_in_process"]
+
+logger = logging.getLogger("bridge.server")
+
+#: Hypercorn refuses (closes with 1009) WebSocket messages larger than this.
+#: Twilio's are ~300 bytes; the call runner drops and counts anything over its
+#: own, much smaller cap, so this only guards the process's memory.
+WEBSOCKET_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+def hypercorn_config(host: str = "127.0.0.1", port: int = 0, workers: int = 1) -> HypercornConfig:
+    """The Hypercorn settings the bridge is meant to run with."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.worker_class = "trio"
+    config.workers = workers
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    # Graceful shutdown is the bridge's own drain (see bridge.cli); Hypercorn's
+    # own timeout must then not cut live calls short.
+    config.graceful_timeout = 5.0
+    return config
+
+
+async def serve_in_process(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``host:port`` in this Trio run; reports the base URL once bound.
+
+    Use with ``await nursery.start(serve_in_process, app)``; port 0 picks a free port.
+    """
+    config = hypercorn_config(host, port)
+    kwargs: dict[str, Any] = {}
+    if shutdown_trigger is not None:
+        kwargs["shutdown_trigger"] = shutdown_trigger
+
+    async def _serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve(app, config, task_status=task_status, **kwargs)
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(_serve)
+        url = binds[0]
+        logger.debug("serving on %s", url)
+        task_status.started(url)

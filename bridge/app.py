@@ -1,0 +1,329 @@
+"""The ASGI app: Twilio's webhooks, the Media Stream, health and metrics.
+
+``create_app()`` returns a Quart-Trio app for Hypercorn's trio worker. HTTP
+routes are thin Quart handlers. The Media Stream (``WS /twilio/stream``) is
+served on a lean ASGI path wrapped around Quart's (``app.asgi_app``): Quart-Trio
+never reports a websocket disconnect to its handler (it cancels it instead,
+see STACK-NOTES.md) and adds a task hop per message; raw ASGI gives the call
+runner an explicit ``websocket.disconnect`` and one await per message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from bridge import _twilio
+from bridge._call import CallSettings, run_call
+from bridge._config import Config, load_config
+from bridge._errors import CallEnded
+from bridge._logging import configure_logging, register_secret
+from bridge._metrics import Metrics
+
+__all__ = ["create_app", "BridgeState", "STREAM_PATH"]
+
+logger = logging.getLogger("bridge.app")
+
+STREAM_PATH = "/twilio/stream"
+FALLBACK_SAY = "Sorry, the assistant is not available right now. Please try again later."
+BUSY_SAY = "Sorry, all of our lines are busy right now. Please try again in a few minutes."
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class BridgeState:
+    """Process-wide state of one app: config, metrics, admission, issued tokens."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.active_calls = 0
+        self.draining = False
+        self.agent_url: str | None = config.agent_url()
+        self.validator = (
+            RequestValidator(config.twilio_auth_token.reveal()) if config.twilio_auth_token else None
+        )
+        self._token_key = (
+            hashlib.sha256(b"speakr-bridge token:" + config.twilio_auth_token.reveal().encode()).digest()
+            if config.twilio_auth_token
+            else secrets.token_bytes(32)
+        )
+        self._used_tokens: dict[str, float] = {}  # token -> expiry (monotonic-ish wall time)
+        self.calls_drained = trio.Event()
+
+    # --- admission -------------------------------------------------------------------
+
+    def admission_refusal(self) -> str | None:
+        """Why a new call cannot be taken now, or None."""
+        if self.draining:
+            return "draining"
+        if self.active_calls >= self.config.max_concurrent_calls:
+            return "busy"
+        return None
+
+    # --- per-call tokens ------------------------------------------------------------
+
+    def issue_token(self, call_sid: str, now: float | None = None) -> str:
+        """A short-lived token for ``call_sid``: ``<expiry>.<hmac>``."""
+        expiry = int((time.time() if now is None else now) + self.config.bridge_token_ttl_s)
+        mac = hmac.new(self._token_key, f"{call_sid}.{expiry}".encode(), hashlib.sha256).hexdigest()
+        return f"{expiry}.{mac}"
+
+    def redeem_token(self, call_sid: str, token: str | None, now: float | None = None) -> str | None:
+        """Check and use up a token; returns a refusal reason or None when valid."""
+        if not token:
+            return "missing_token"
+        now = time.time() if now is None else now
+        expiry_text, _, mac = token.partition(".")
+        if not expiry_text.isdigit() or len(mac) != 64:
+            return "bad_token"
+        expected = hmac.new(self._token_key, f"{call_sid}.{expiry_text}".encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, mac):
+            return "bad_token"
+        if int(expiry_text) < now:
+            return "expired_token"
+        self._used_tokens = {t: e for t, e in self._used_tokens.items() if e >= now} if len(
+            self._used_tokens
+        ) > 10_000 else self._used_tokens
+        if token in self._used_tokens:
+            return "reused_token"
+        self._used_tokens[token] = float(expiry_text)
+        return None
+
+    def authorize_start(self, start: _twilio.Start) -> str | None:
+        if self.validator is None:
+            return None
+        return self.redeem_token(start.call_sid, start.custom_parameters.get("bridge_token"))
+
+
+# --- URLs and signatures -----------------------------------------------------------
+
+
+def _header(scope_headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in scope_headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def external_base(config: Config, scheme: str, host: str | None) -> str:
+    """The public ``scheme://host`` of this server: PUBLIC_URL, else the request's."""
+    if config.public_url:
+        return config.public_url
+    return f"{scheme}://{host or 'localhost'}"
+
+
+def request_base() -> str:
+    """The request's external base URL, honouring a proxy's X-Forwarded-* headers."""
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    return f"{proto}://{host}"
+
+
+def stream_url(base: str) -> str:
+    parts = urlsplit(base)
+    scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + STREAM_PATH, "", ""))
+
+
+def _twiml(response: VoiceResponse) -> Response:
+    return Response(str(response), mimetype="text/xml")
+
+
+# --- the app -------------------------------------------------------------------------
+
+
+def create_app(config: Config | None = None) -> QuartTrio:
+    """Build the app. Configuration is read once, here, unless one is given."""
+    if config is None:
+        config = load_config()
+    configure_logging(config.log_format)
+    for secret in (config.speakr_api_key, config.twilio_auth_token, config.bridge_api_token):
+        register_secret(secret.reveal())
+    app = QuartTrio("speakr-bridge")
+    state = BridgeState(config)
+    app.extensions["bridge"] = state
+    if not config.twilio_auth_token:
+        logger.warning(
+            "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked and anyone who can reach "
+            "this server can open an agent session. Set it before taking real calls."
+        )
+
+    @app.before_serving
+    async def start_local_agent() -> None:
+        if state.agent_url is None:
+            from bridge._local_agent import LocalAgentServer
+
+            agent = LocalAgentServer()
+            await app.nursery.start(agent.serve)
+            state.agent_url = agent.url
+            logger.info("SPEAKR_WS_URL unset: using the built-in local echo agent at %s", agent.url)
+
+    async def signed(route: str) -> bool:
+        """True when the request carries a valid X-Twilio-Signature (or checks are off)."""
+        if state.validator is None:
+            return True
+        form = await request.form
+        url = (config.public_url + request.full_path.rstrip("?")) if config.public_url else (
+            request_base() + request.full_path.rstrip("?")
+        )
+        signature = request.headers.get("X-Twilio-Signature", "")
+        ok = bool(signature) and state.validator.validate(url, form.to_dict(), signature)
+        if not ok:
+            state.metrics.webhooks.labels(route, "bad_signature").inc()
+            logger.warning("%s: missing or invalid X-Twilio-Signature (403)", route)
+        return ok
+
+    @app.post("/twilio/voice")
+    async def voice() -> Response | tuple[str, int]:
+        if not await signed("voice"):
+            return "invalid Twilio signature", 403
+        form = await request.form
+        call_sid = form.get("CallSid", "")
+        response = VoiceResponse()
+        refusal = state.admission_refusal()
+        if refusal is not None:
+            state.metrics.webhooks.labels("voice", refusal).inc()
+            state.metrics.calls_rejected.labels(refusal).inc()
+            logger.warning("[%s] call refused: %s", call_sid or "-", refusal)
+            response.say(BUSY_SAY)
+            response.hangup()
+            return _twiml(response)
+        base = config.public_url or request_base()
+        connect = Connect()
+        stream = connect.stream(url=stream_url(base))
+        if state.validator is not None and call_sid:
+            stream.parameter(name="bridge_token", value=state.issue_token(call_sid))
+        response.append(connect)
+        response.say(FALLBACK_SAY)
+        state.metrics.webhooks.labels("voice", "ok").inc()
+        logger.info("[%s] voice webhook: connecting stream", call_sid or "-")
+        return _twiml(response)
+
+    @app.post("/twilio/status")
+    async def status_callback() -> tuple[str, int]:
+        if not await signed("status"):
+            return "invalid Twilio signature", 403
+        form = await request.form
+        status = form.get("StreamEvent") or form.get("CallStatus") or "unknown"
+        label = status if status.replace("-", "").isalpha() and len(status) <= 24 else "other"
+        state.metrics.status_callbacks.labels(label).inc()
+        state.metrics.webhooks.labels("status", "ok").inc()
+        logger.info("[%s] status callback: %s", form.get("CallSid", "-"), status)
+        return "", 204
+
+    @app.get("/healthz")
+    async def healthz() -> tuple[str, int]:
+        return "ok\n", 200
+
+    @app.get("/readyz")
+    async def readyz() -> tuple[str, int]:
+        refusal = state.admission_refusal()
+        return (refusal + "\n", 503) if refusal == "draining" else ("ready\n", 200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    quart_asgi = app.asgi_app
+
+    async def asgi_app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope.get("path") == STREAM_PATH:
+            await serve_stream(state, scope, receive, send)
+        else:
+            await quart_asgi(scope, receive, send)  # type: ignore[arg-type]
+
+    app.asgi_app = asgi_app  # type: ignore[method-assign]
+    return app
+
+
+class AsgiTwilioSocket:
+    """The call runner's view of an accepted ASGI websocket."""
+
+    __slots__ = ("_receive", "_send", "closed")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.closed = False
+
+    async def receive(self) -> str | bytes:
+        while True:
+            message = await self._receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                if text is not None:
+                    return text  # type: ignore[no-any-return]
+                return message.get("bytes") or b""
+            if kind == "websocket.disconnect":
+                self.closed = True
+                raise CallEnded("twilio_disconnect")
+
+    async def send(self, text: str) -> None:
+        if self.closed:
+            raise CallEnded("twilio_disconnect")
+        await self._send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int = 1000) -> None:
+        if not self.closed:
+            self.closed = True
+            await self._send({"type": "websocket.close", "code": code})
+
+
+async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send: Send) -> None:
+    """Accept (or refuse) one Twilio Media Stream, then run its call."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    refusal = state.admission_refusal()
+    if refusal is None and state.validator is not None:
+        signature = _header(scope.get("headers", []), b"x-twilio-signature")
+        if signature is not None:
+            host = _header(scope.get("headers", []), b"host")
+            base = external_base(state.config, "https" if scope.get("scheme") == "wss" else "http", host)
+            if not state.validator.validate(stream_url(base), {}, signature):
+                refusal = "bad_signature"
+    if refusal is not None:
+        state.metrics.calls_rejected.labels(refusal).inc()
+        logger.warning("stream refused before accept: %s", refusal)
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    agent_url = state.agent_url
+    if agent_url is None:  # the local agent has not started (lifespan not run)
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    await send({"type": "websocket.accept"})
+    socket = AsgiTwilioSocket(receive, send)
+    settings = CallSettings(
+        config=state.config,
+        metrics=state.metrics,
+        agent_url=agent_url,
+        authorize=state.authorize_start if state.validator is not None else None,
+    )
+    state.active_calls += 1
+    try:
+        await run_call(socket, settings)
+    except Exception:
+        # The call's edge: a bug in one call must not reach Hypercorn or other calls.
+        state.metrics.calls_ended.labels("internal_error").inc()
+        logger.exception("call failed with an internal error")
+        await socket.close(1011)
+    finally:
+        state.active_calls -= 1
+        if state.active_calls == 0 and state.draining:
+            state.calls_drained.set()

@@ -1,8 +1,9 @@
 """The bridge's exception tree.
 
-Small on purpose (h11's ``LocalProtocolError``/``RemoteProtocolError`` are the model): a caller can catch
-``BridgeError`` for "anything the bridge itself raised", ``ProtocolError`` for "a peer sent something we cannot
-use" (with a fixed ``kind`` label fit for a metric), or ``CallEnded`` for "this call is over, here is why".
+Small on purpose (h11's ``LocalProtocolError``/``RemoteProtocolError`` are the model): a caller can
+catch ``BridgeError`` for "anything the bridge itself raised", ``ProtocolError`` for "a peer sent
+something we cannot use" (with a fixed ``kind`` label fit for a metric), or ``CallEnded`` for "this call
+is over, here is why".
 Bad arguments to our own functions are ``ValueError``/``TypeError``, not part of this tree.
 """
 
@@ -136,8 +137,8 @@ class SpeakrProtocolError(ProtocolError):
 class CallEnded(BridgeError):
     """The call is over; ``reason`` says why in a short fixed label.
 
-    Raised at the I/O edge when a transport closes or a peer ends the call, so one ``except CallEnded`` unwinds
-    the call runner. Typical reasons: ``"twilio_stop"``, ``"twilio_disconnect"``, ``"agent_end"``,
+    Raised at the I/O edge when a transport closes or a peer ends the call, so one ``except CallEnded``
+    unwinds the call runner. Typical reasons: ``"twilio_stop"``, ``"twilio_disconnect"``, ``"agent_end"``,
     ``"agent_disconnect"``.
 
     Args:

@@ -2,24 +2,24 @@
 
 Theory of operation
 -------------------
-Speakr sends answers as messages, each named by ``(session_id, sequence_id)``. Speakr must hear ``status`` for a
-message only once every byte of it has actually been played to the caller. Twilio tells us what it played with
-marks: a mark we send after some audio comes back when that audio has played. But ``clear`` makes Twilio drop its
-buffer and send back every pending mark *at once*: those echoes mean "cleared", not "played".
+Speakr sends answers as messages, each named by ``(session_id, sequence_id)``. Speakr must hear ``status`` for
+a message only once every byte of it has actually been played to the caller. Twilio tells us what it played
+with marks: a mark we send after some audio comes back when that audio has played. But ``clear`` makes Twilio
+drop its buffer and send back every pending mark *at once*: those echoes mean "cleared", not "played".
 
 So each message is cut into *pieces* of at most ``piece_bytes`` μ-law bytes, and each piece is sent as
-``media`` + ``mark`` with a mark name used once only (a resent piece gets a new name). Each piece remembers the
-*epoch* it was sent in; the epoch goes up every time we send Twilio a ``clear``. When a mark comes back:
+``media`` + ``mark`` with a mark name used once only (a resent piece gets a new name). Each piece remembers
+the *epoch* it was sent in; the epoch goes up every time we send Twilio a ``clear``. When a mark comes back:
 
 * its piece was sent in an older epoch -> it is a "cleared" echo: no status, whatever Twilio did with it;
 * otherwise the piece has played; when the last unplayed piece of a message plays, that message's ``status``
   is emitted (exactly once, because each piece's mark is taken out of the name table when it comes back).
 
-The race: a piece that finished playing just before Twilio got our ``clear`` has its mark in flight; it arrives
-after the clear and is treated as cleared. That is the safe side (we never claim audio was played when we cannot
-know it was); the price is that ``continue`` may replay it. So a ``continue`` repeats at most the piece Twilio
-was in the middle of (< ``piece_bytes``, 100 ms by default) plus the pieces whose marks were in flight when
-Twilio got the clear (one uplink latency's worth).
+The race: a piece that finished playing just before Twilio got our ``clear`` has its mark in flight; it
+arrives after the clear and is treated as cleared. That is the safe side (we never claim audio was played when
+we cannot know it was); the price is that ``continue`` may replay it. So a ``continue`` repeats at most the
+piece Twilio was in the middle of (< ``piece_bytes``, 100 ms by default) plus the pieces whose marks were in
+flight when Twilio got the clear (one uplink latency's worth).
 
 States (every transition is in this module)::
 
@@ -213,7 +213,7 @@ class PlaybackLedger:
 
     @property
     def pending_bytes(self) -> int:
-        """Bytes sent to Twilio whose mark has not come back yet (neither confirmed played nor known cleared)."""
+        """Bytes sent to Twilio whose mark has not come back: neither confirmed played nor known cleared."""
         return self._pending_bytes
 
     @property
@@ -223,7 +223,7 @@ class PlaybackLedger:
 
     @property
     def idle(self) -> bool:
-        """True when no mark is outstanding at Twilio and nothing is cut off or held: all audio is accounted."""
+        """True when no mark is outstanding and nothing is cut off or held: all audio is accounted for."""
         return not self._by_name and not self._cut and not self._held
 
     @property

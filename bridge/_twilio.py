@@ -1,24 +1,26 @@
 """Twilio Media Streams wire format, without I/O (in the manner of h11/wsproto).
 
-Text in, small frozen events out; arguments in, text out. Nothing here touches a socket or imports trio, so the
-whole protocol is tested with recorded messages.
+Text in, small frozen events out; arguments in, text out. Nothing here touches a socket or imports
+trio, so the whole protocol is tested with recorded messages.
 
-Two directions, each with both ends, because our Twilio caller emulator speaks the other side of the same wire:
+Two directions, each with both ends, because our Twilio caller emulator speaks the other side of the
+same wire:
 
 - Twilio -> bridge: :func:`parse_event` (bridge side) and the ``*_message`` builders of what Twilio sends
   (:func:`connected_message`, :func:`start_message`, :func:`media_event_message`, ...; emulator side).
 - bridge -> Twilio: :func:`media_message`, :func:`mark_message`, :func:`clear_message` (bridge side) and
   :func:`parse_outbound` (emulator side, as strict as Twilio).
 
-Everything from Twilio is untrusted. Bad input raises :class:`~bridge._errors.TwilioProtocolError` with a fixed
-``kind`` and never anything else, so one ``except`` in the call loop counts and drops it. Twilio sends numbers
-as JSON strings (``"sequenceNumber": "4"``); we accept strings of ASCII digits or JSON integers and return ints.
+Everything from Twilio is untrusted. Bad input raises :class:`~bridge._errors.TwilioProtocolError` with
+a fixed ``kind`` and never anything else, so one ``except`` in the call loop counts and drops it. Twilio
+sends numbers as JSON strings (``"sequenceNumber": "4"``); we accept strings of ASCII digits or JSON
+integers and return ints.
 """
 
 from __future__ import annotations
 
 import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn, TypeAlias
 
@@ -56,7 +58,8 @@ __all__ = [
 #: far above anything real, low enough that a hostile frame cannot make us decode megabytes.
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 64_000
 
-# Digits allowed in a numeric string: 18 always fit in a signed 64-bit int, and int() never sees a huge string.
+# Digits allowed in a numeric string: 18 always fit in a signed 64-bit int, and int() never sees a huge
+# string.
 _MAX_INT_DIGITS: Final = 18
 
 # Bound once: the media path runs 50 times a second per call.
@@ -68,7 +71,7 @@ _b2a = binascii.b2a_base64
 _MISSING: Final[Any] = object()
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Events: Twilio -> bridge
 
 
@@ -100,7 +103,8 @@ class Start:
 
     def __repr__(self) -> str:
         return (
-            f"Start(stream_sid={self.stream_sid!r}, call_sid={self.call_sid!r}, account_sid={self.account_sid!r}, "
+            f"Start(stream_sid={self.stream_sid!r}, call_sid={self.call_sid!r}, "
+            f"account_sid={self.account_sid!r}, "
             f"tracks={self.tracks!r}, encoding={self.encoding!r}, sample_rate={self.sample_rate}, "
             f"channels={self.channels}, custom_parameters=<names {sorted(self.custom_parameters)!r}>, "
             f"sequence_number={self.sequence_number!r})"
@@ -123,8 +127,9 @@ class Media:
 
     def __repr__(self) -> str:
         return (
-            f"Media(stream_sid={self.stream_sid!r}, payload=<{len(self.payload)} bytes>, track={self.track!r}, "
-            f"chunk={self.chunk!r}, timestamp_ms={self.timestamp_ms!r}, sequence_number={self.sequence_number!r})"
+            f"Media(stream_sid={self.stream_sid!r}, payload=<{len(self.payload)} bytes>, "
+            f"track={self.track!r}, chunk={self.chunk!r}, timestamp_ms={self.timestamp_ms!r}, "
+            f"sequence_number={self.sequence_number!r})"
         )
 
 
@@ -160,7 +165,7 @@ class Stop:
 TwilioEvent: TypeAlias = Connected | Start | Media | Mark | Dtmf | Stop
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Events: bridge -> Twilio, as the emulator sees them
 
 
@@ -193,7 +198,7 @@ class ClearAudio:
 OutboundMessage: TypeAlias = PlayMedia | PlayMark | ClearAudio
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Field helpers. Each raises TwilioProtocolError naming the field by its dotted path.
 
 
@@ -219,7 +224,9 @@ def _str(obj: dict[str, Any], key: str, path: str, default: Any = _MISSING, *, n
         if default is _MISSING:
             _fail("missing_field", f"{path} is missing")
         return default  # type: ignore[no-any-return]
-    _fail("bad_field", f"{path}: expected a {'non-empty ' if nonempty else ''}string, got {short_repr(value)}")
+    _fail(
+        "bad_field", f"{path}: expected a {'non-empty ' if nonempty else ''}string, got {short_repr(value)}"
+    )
 
 
 def _opt_sid(obj: dict[str, Any], key: str, path: str) -> str | None:
@@ -275,7 +282,7 @@ def _decode_b64(text: str, path: str) -> bytes:
         _fail("bad_base64", f"{path}: {exc} in {short_repr(text)}")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Twilio -> bridge
 
 
@@ -290,7 +297,8 @@ def parse_event(data: str | bytes, *, max_payload_bytes: int = DEFAULT_MAX_PAYLO
             is decoded, so an oversized frame costs no decoding.
 
     Returns:
-        One of :class:`Connected`, :class:`Start`, :class:`Media`, :class:`Mark`, :class:`Dtmf`, :class:`Stop`.
+        One of :class:`Connected`, :class:`Start`, :class:`Media`, :class:`Mark`, :class:`Dtmf`,
+        :class:`Stop`.
 
     Raises:
         TwilioProtocolError: the frame is not a message we can use; ``kind`` says why.
@@ -322,7 +330,10 @@ def _parse_media(msg: dict[str, Any], max_payload_bytes: int) -> Media:
         payload = _str(media, "payload", "media.payload")  # raises
     # 4 base64 characters carry 3 bytes: anything longer than this cannot decode to <= max_payload_bytes.
     if len(payload) > 4 * ((max_payload_bytes + 2) // 3):
-        _fail("too_large", f"media.payload: {len(payload)} base64 chars, limit {max_payload_bytes} bytes decoded")
+        _fail(
+            "too_large",
+            f"media.payload: {len(payload)} base64 chars, limit {max_payload_bytes} bytes decoded",
+        )
     try:
         audio = _a2b(payload, strict_mode=True)
     except ValueError as exc:
@@ -351,7 +362,10 @@ def _parse_start(msg: dict[str, Any]) -> Start:
     inner_sid = _opt_sid(start, "streamSid", "start.streamSid")
     outer_sid = _opt_sid(msg, "streamSid", "streamSid")
     if inner_sid is not None and outer_sid is not None and inner_sid != outer_sid:
-        _fail("bad_field", f"start.streamSid {short_repr(inner_sid)} differs from streamSid {short_repr(outer_sid)}")
+        _fail(
+            "bad_field",
+            f"start.streamSid {short_repr(inner_sid)} differs from streamSid {short_repr(outer_sid)}",
+        )
     stream_sid = inner_sid if inner_sid is not None else outer_sid
     if stream_sid is None:
         _fail("missing_field", "start.streamSid is missing")
@@ -369,7 +383,10 @@ def _parse_start(msg: dict[str, Any]) -> Start:
     for name, value in params.items():
         if type(value) is not str:
             # The value is not echoed: parameters may carry a per-call token.
-            _fail("bad_field", f"start.customParameters[{short_repr(name)}]: expected a string, got {type(value).__name__}")
+            _fail(
+                "bad_field",
+                f"start.customParameters[{short_repr(name)}]: expected a string, got {type(value).__name__}",
+            )
 
     return Start(
         stream_sid=stream_sid,
@@ -387,7 +404,9 @@ def _parse_start(msg: dict[str, Any]) -> Start:
 def _parse_mark(msg: dict[str, Any]) -> Mark:
     stream_sid = _stream_sid(msg)
     mark = _object(msg, "mark", "mark")
-    return Mark(stream_sid, _str(mark, "name", "mark.name"), _int(msg.get("sequenceNumber"), "sequenceNumber"))
+    return Mark(
+        stream_sid, _str(mark, "name", "mark.name"), _int(msg.get("sequenceNumber"), "sequenceNumber")
+    )
 
 
 def _parse_dtmf(msg: dict[str, Any]) -> Dtmf:
@@ -412,7 +431,7 @@ def _parse_stop(msg: dict[str, Any]) -> Stop:
     )
 
 
-_PARSERS: Final[dict[str, Any]] = {
+_PARSERS: Final[dict[str, Callable[[dict[str, Any]], TwilioEvent]]] = {
     "connected": _parse_connected,
     "start": _parse_start,
     "mark": _parse_mark,
@@ -421,7 +440,7 @@ _PARSERS: Final[dict[str, Any]] = {
 }
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # bridge -> Twilio
 
 
@@ -450,7 +469,7 @@ def media_message(stream_sid: str, ulaw: bytes) -> str:
 
 
 def mark_message(stream_sid: str, name: str) -> str:
-    """``{"event":"mark","streamSid":…,"mark":{"name":…}}``: Twilio echoes it once the audio before it played."""
+    """``{"event":"mark","streamSid":…,"mark":{"name":…}}``: echoed once the audio before it played."""
     _check_sid(stream_sid)
     if type(name) is not str:
         raise TypeError(f"mark name must be str, got {type(name).__name__}")
@@ -463,7 +482,7 @@ def clear_message(stream_sid: str) -> str:
     return _dumps({"event": "clear", "streamSid": stream_sid}).decode()
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Emulator side: what Twilio accepts, and what Twilio sends
 
 
@@ -471,8 +490,9 @@ def parse_outbound(data: str | bytes) -> OutboundMessage:
     """Parse a frame sent to Twilio, as strictly as Twilio does (for our Twilio caller emulator).
 
     Raises:
-        TwilioProtocolError: ``binary_frame`` for any bytes (Twilio rejects binary frames), ``unknown_event``
-            for anything but ``media``/``mark``/``clear``, or a field error; an empty payload is ``bad_field``.
+        TwilioProtocolError: ``binary_frame`` for any bytes (Twilio rejects binary frames),
+            ``unknown_event`` for anything but ``media``/``mark``/``clear``, or a field error; an empty
+            payload is ``bad_field``.
     """
     if isinstance(data, bytes | bytearray | memoryview):
         _fail("binary_frame", f"Twilio accepts text frames only, got a binary frame of {len(data)} bytes")
@@ -523,7 +543,9 @@ def start_message(
     params = dict(custom_parameters)
     for name, value in params.items():
         if type(name) is not str or type(value) is not str:
-            raise TypeError(f"custom parameters must map str to str, got a {type(value).__name__} for {name!r}")
+            raise TypeError(
+                f"custom parameters must map str to str, got a {type(value).__name__} for {name!r}"
+            )
     return _dumps(
         {
             "event": "start",
@@ -541,7 +563,9 @@ def start_message(
     ).decode()
 
 
-def media_event_message(*, stream_sid: str, payload: bytes, chunk: int, timestamp_ms: int, sequence_number: int) -> str:
+def media_event_message(
+    *, stream_sid: str, payload: bytes, chunk: int, timestamp_ms: int, sequence_number: int
+) -> str:
     """Twilio's inbound ``media`` message: caller audio (raw μ-law 8 kHz, not empty).
 
     Raises:

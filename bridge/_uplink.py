@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-Twilio delivers 20 ms frames (160 μ-law bytes, 320 bytes once decoded to PCM16LE); Speakr wants binary frames of
-exactly 512 bytes (256 samples, 32 ms). The framer keeps one ``bytearray``: bytes are appended as they come and
-whole 512-byte frames are cut from its head, so every sample goes out once, in order, with no padding and no gap.
-Only ``finish()`` (the end of the call) pads the last partial frame with zero samples.
+Twilio delivers 20 ms frames (160 μ-law bytes, 320 bytes once decoded to PCM16LE); Speakr wants binary frames
+of exactly 512 bytes (256 samples, 32 ms). The framer keeps one ``bytearray``: bytes are appended as they come
+and whole 512-byte frames are cut from its head, so every sample goes out once, in order, with no padding and
+no gap. Only ``finish()`` (the end of the call) pads the last partial frame with zero samples.
 
 Before Speakr says ``ready`` the framer holds at most ``preroll_bytes`` (1 s) of the most recent audio; older
 audio is dropped from the head and counted in ``dropped_bytes``. ``start()`` turns it into frames.
@@ -82,7 +82,7 @@ class UplinkFramer:
         return self._frames()
 
     def finish(self) -> bytes | None:
-        """The call is over: returns the last partial frame padded with zero samples, or None if there is none.
+        """The call is over: returns the last partial frame padded with zero samples, or None if none.
 
         Before ``ready`` it returns None: Speakr never asked for audio.
         """

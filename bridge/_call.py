@@ -70,6 +70,11 @@ SPEAKR_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 TWILIO_MAX_PAYLOAD_BYTES = 16_000
 #: Speakr socket read size: a 100 ms agent message is ~6.5 kB of base64.
 SPEAKR_RECEIVE_BUFFER_BYTES = 64 * 1024
+#: When agent audio stops arriving for this long, the answer (or a burst of it) is over: the
+#: resampler's held-back tail (its group delay, ~1.4 ms) is played now, as if silence followed,
+#: instead of waiting to be glued to the front of the next answer. Speakr sends faster than real
+#: time, so Twilio still has audio buffered when this fires, and the tail joins it seamlessly.
+DOWNLINK_IDLE_FLUSH_S = 0.05
 #: How often the per-call hot-path counters are folded into the registry.
 COUNTER_FLUSH_FRAMES = 50
 
@@ -97,6 +102,8 @@ class CallSettings:
     #: Validates ``start`` before any agent session is opened; returns a reason
     #: to refuse the stream, or None. (The app's per-call token check.)
     authorize: Callable[[_twilio.Start], str | None] | None = None
+    #: Set by the server when live calls must end now (drain timeout).
+    shutdown: trio.Event | None = None
 
 
 @dataclass(slots=True)
@@ -154,6 +161,7 @@ class _Call:
         self.ready = trio.Event()
         self.playout_done = trio.Event()  # set when the ledger goes idle after `end`
         self.ending_after_playout = False
+        self.downlink_dirty = False  # the resampler holds agent audio not yet flushed
         self.twilio_closed = False
         self.t_start = 0.0
         self.nursery: trio.Nursery | None = None
@@ -412,7 +420,15 @@ class _Call:
         counters = self.counters
         hop = self.metrics.hop_latency.labels("downlink")
         while True:
-            data = await ws.get_message()
+            if self.downlink_dirty:
+                data = None
+                with trio.move_on_after(DOWNLINK_IDLE_FLUSH_S):
+                    data = await ws.get_message()
+                if data is None:
+                    await self.flush_downlink()
+                    continue
+            else:
+                data = await ws.get_message()
             t0 = trio.current_time()
             try:
                 event = parse(data)
@@ -428,6 +444,7 @@ class _Call:
                 counters.speakr_media_in += 1
                 counters.speakr_bytes_in += len(event.audio)
                 ulaw = self.downlink.process(event.audio)
+                self.downlink_dirty = True
                 await self.send_twilio(self.ledger.agent_media(event.session_id, event.sequence_id, ulaw))
                 hop.observe(trio.current_time() - t0)
             elif isinstance(event, _speakr.Initial):
@@ -473,6 +490,7 @@ class _Call:
         else:
             actions = self.ledger.clear()
             self.downlink.reset()  # the old answer's filter tail must not leak into the new one
+            self.downlink_dirty = False
         self.log.info("speakr %s", name)
         await self.send_twilio(actions)
 
@@ -491,13 +509,20 @@ class _Call:
             elif type(action) is SendStatus:  # only twilio_mark yields these
                 self.put_control(_speakr.status_message(action.session_id, action.sequence_id))
 
+    async def flush_downlink(self) -> None:
+        """Play the resampler's held-back tail now, as if silence followed.
+
+        Through the ledger, so that it is marked, cleared and waited for like the rest of the answer.
+        """
+        self.downlink_dirty = False
+        if self.start is not None:
+            await self.send_twilio(self.ledger.tail(self.downlink.flush()))
+
     async def agent_end(self, ws: trio_websocket.WebSocketConnection) -> None:
         """Speakr is done: play out what was sent (bounded), then hang up the stream."""
         self.log.info("speakr end: playing out %d bytes", self.ledger.pending_bytes)
         if self.start is not None:
-            tail = self.downlink.flush()
-            if tail:
-                await self.twilio.send(_twilio.media_message(self.start.stream_sid, tail))
+            await self.flush_downlink()
             self.ending_after_playout = True
             if not self.ledger.idle:
                 bound_s = self.ledger.pending_bytes / 8000 + END_PLAYOUT_GRACE_S
@@ -509,18 +534,37 @@ class _Call:
             await ws.aclose(1000)
         self.abort("agent_end")
 
-    async def agent_watchdog(self) -> None:
-        """Give up on an agent that never becomes ready (the caller then hears the fallback)."""
-        if not await self.until_ended(self.started.wait):
-            return
-        with trio.move_on_after(self.config.agent_ready_timeout_s):
-            if not await self.until_ended(self.ready.wait):
+    async def supervisor(self) -> None:
+        """Enforce the agent's ready timeout and the server's shutdown order.
+
+        An agent that is not ready in time ends the call, so the caller hears the
+        fallback TwiML instead of silence.
+        """
+        async with trio.open_nursery() as nursery:
+            if self.settings.shutdown is not None:
+                nursery.start_soon(self.shutdown_watch, self.settings.shutdown)
+            if not await self.until_ended(self.started.wait):
+                nursery.cancel_scope.cancel()
                 return
-            return
-        self.log.error("speakr not ready %.1f s after start", self.config.agent_ready_timeout_s)
-        self.metrics.calls_rejected.labels("agent_not_ready").inc()
+            with trio.move_on_after(self.config.agent_ready_timeout_s) as ready_scope:
+                await self.until_ended(self.ready.wait)
+            if ready_scope.cancelled_caught:
+                self.log.error("speakr not ready %.1f s after start", self.config.agent_ready_timeout_s)
+                self.metrics.calls_rejected.labels("agent_not_ready").inc()
+                await self.close_twilio()
+                self.abort("agent_not_ready")
+            await self.ended.wait()
+            nursery.cancel_scope.cancel()
+
+    async def shutdown_watch(self, shutdown: trio.Event) -> None:
+        await shutdown.wait()
+        self.log.warning("server shutting down: ending the call")
         await self.close_twilio()
-        self.abort("agent_not_ready")
+        self.end("server_shutdown")
+        if self.speakr is not None:
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self.speakr.aclose(1000)
+        self.abort("server_shutdown")
 
     # --- the runner -------------------------------------------------------------------
 
@@ -531,8 +575,7 @@ class _Call:
                 nursery.start_soon(self.twilio_receiver)
                 nursery.start_soon(self.speakr_receiver)
                 nursery.start_soon(self.speakr_sender)
-                nursery.start_soon(self.agent_watchdog)
-                # The watchdog ends early on success; the others end the call.
+                nursery.start_soon(self.supervisor)
         finally:
             with trio.move_on_after(CLOSE_TIMEOUT_S) as cleanup:
                 cleanup.shield = True

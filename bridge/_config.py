@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
 from bridge._errors import ConfigError
+from bridge._speakr import validate_field
 
 __all__ = ["Config", "Secret", "load_config"]
 
@@ -55,10 +56,12 @@ class Secret:
 
 
 def _redact(value: object) -> str:
-    return str(value) if value is not None else "(unset)"
+    if value is None or (isinstance(value, Secret) and not value):
+        return "(unset)"
+    return str(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Config:
     """Everything the bridge reads from its environment (see CONTRACT.md)."""
 
@@ -90,9 +93,24 @@ class Config:
             return None
         return with_api_key(self.speakr_ws_url, self.speakr_api_key.reveal())
 
+    def __repr__(self) -> str:
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
+
     def redacted(self) -> dict[str, str]:
         """Every setting as text for ``doctor`` and start-up logs, secrets masked."""
-        return {f.name: _redact(getattr(self, f.name)) for f in fields(self)}
+        shown = {f.name: _redact(getattr(self, f.name)) for f in fields(self)}
+        if self.speakr_ws_url:
+            shown["speakr_ws_url"] = _mask_query(self.speakr_ws_url)
+        return shown
+
+
+def _mask_query(url: str) -> str:
+    """Hide every query value of a URL (someone may have put a key there by hand)."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    masked = [(k, "********") for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(masked, safe="*")))
 
 
 def with_api_key(url: str, api_key: str) -> str:
@@ -156,16 +174,16 @@ def _int_in(lo: int, hi: int) -> Any:
     return parse
 
 
-def _voice_id(var: str, raw: str) -> str:
-    if not 1 <= len(raw) <= 64 or not all(c.isalnum() or c in "_.-" for c in raw):
-        raise ConfigError(var, f"{var} must be 1-64 characters of letters, digits, '_', '.', '-', got {raw!r}")
-    return raw
+def _start_field(wire: str) -> Any:
+    """A parser for a start-message default, with the protocol module's ranges (one source of truth)."""
 
+    def parse(var: str, raw: str) -> Any:
+        try:
+            return validate_field(wire, raw)
+        except ValueError as exc:
+            raise ConfigError(var, f"{var}: {exc}") from None
 
-def _prompt(var: str, raw: str) -> str:
-    if not raw.strip() or len(raw) > 8000:
-        raise ConfigError(var, f"{var} must be non-empty and at most 8000 characters")
-    return raw
+    return parse
 
 
 def _log_format(var: str, raw: str) -> str:
@@ -177,12 +195,12 @@ def _log_format(var: str, raw: str) -> str:
 _VARIABLES: dict[str, tuple[str, Any]] = {
     "SPEAKR_WS_URL": ("speakr_ws_url", _ws_url),
     "SPEAKR_API_KEY": ("speakr_api_key", _secret),
-    "SPEAKR_VOICE_ID": ("voice_id", _voice_id),
-    "SPEAKR_SYSTEM_PROMPT": ("system_prompt", _prompt),
-    "SPEAKR_TEMPERATURE": ("temperature", _float_in(0.0, 2.0)),
-    "SPEAKR_THRESHOLD": ("threshold", _float_in(0.0, 1.0)),
-    "SPEAKR_SILENCE_DURATION_MS": ("silence_duration_ms", _int_in(50, 10_000)),
-    "SPEAKR_PREFIX_PADDING": ("prefix_padding", _float_in(0.0, 5.0)),
+    "SPEAKR_VOICE_ID": ("voice_id", _start_field("voice_id")),
+    "SPEAKR_SYSTEM_PROMPT": ("system_prompt", _start_field("system_prompt")),
+    "SPEAKR_TEMPERATURE": ("temperature", _start_field("temperature")),
+    "SPEAKR_THRESHOLD": ("threshold", _start_field("threshold")),
+    "SPEAKR_SILENCE_DURATION_MS": ("silence_duration_ms", _start_field("silenceDuration")),
+    "SPEAKR_PREFIX_PADDING": ("prefix_padding", _start_field("prefixPadding")),
     "PUBLIC_URL": ("public_url", _http_url),
     "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
     "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _str),
@@ -217,5 +235,5 @@ def load_config(
         raw = merged.get(var)
         if raw is None or raw.strip() == "":
             continue
-        values[name] = parse(var, raw.strip() if parse is not _prompt else raw)
+        values[name] = parse(var, raw if var == "SPEAKR_SYSTEM_PROMPT" else raw.strip())
     return Config(**values)

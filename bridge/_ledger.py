@@ -125,12 +125,13 @@ class LedgerStats:
 class _Message:
     """One Speakr media message; ``unplayed`` counts its pieces not yet confirmed played."""
 
-    __slots__ = ("session_id", "sequence_id", "unplayed")
+    __slots__ = ("owes_status", "session_id", "sequence_id", "unplayed")
 
-    def __init__(self, session_id: Any, sequence_id: Any) -> None:
+    def __init__(self, session_id: Any, sequence_id: Any, *, owes_status: bool = True) -> None:
         self.session_id = session_id
         self.sequence_id = sequence_id
         self.unplayed = 0
+        self.owes_status = owes_status
 
 
 class _Piece:
@@ -239,8 +240,19 @@ class PlaybackLedger:
         An empty ``ulaw`` (the resampler held all of a tiny message back) still becomes a mark-only piece, so
         the message gets its status once everything sent before it has played.
         """
-        ulaw = bytes(ulaw)
-        message = _Message(session_id, sequence_id)
+        return self._arrive(_Message(session_id, sequence_id), bytes(ulaw))
+
+    def tail(self, ulaw: bytes) -> list[Action]:
+        """Audio that is no message of its own: the resampler's last samples, flushed at ``end``.
+
+        It is played, marked, held and cleared like any other audio (so waiting for :attr:`idle` covers it),
+        but it never yields a status.
+        """
+        if not ulaw:
+            return []
+        return self._arrive(_Message(None, None, owes_status=False), bytes(ulaw))
+
+    def _arrive(self, message: _Message, ulaw: bytes) -> list[Action]:
         if self._state is LedgerState.PLAYING:
             actions: list[Action] = []
             self._send_message(message, ulaw, actions)
@@ -273,7 +285,7 @@ class PlaybackLedger:
             live.popleft()
         message = piece.message
         message.unplayed -= 1
-        if message.unplayed:
+        if message.unplayed or not message.owes_status:
             return []
         self._stats.statuses_sent += 1
         return [SendStatus(message.session_id, message.sequence_id)]

@@ -64,12 +64,21 @@ _HANDLER_NAME = "speakr-bridge"
 
 
 def configure_logging(log_format: str = "console", level: int = logging.INFO) -> None:
-    """Install one handler on the ``bridge`` logger (idempotent)."""
+    """Give the ``bridge`` loggers one handler of ours (idempotent).
+
+    Where the host program already configured logging (handlers on the root
+    logger: pytest, an embedding app), bridge records propagate to it instead
+    and only the level is set here (secrets are kept out by ``Secret`` first;
+    the scrubbing filter on our handler is the second line of defence).
+    """
     root = logging.getLogger("bridge")
     root.setLevel(level)
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
             root.removeHandler(handler)
+    if logging.getLogger().handlers:
+        root.propagate = True
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
     if log_format == "json":
@@ -78,4 +87,4 @@ def configure_logging(log_format: str = "console", level: int = logging.INFO) ->
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(_ScrubFilter())
     root.addHandler(handler)
-    root.propagate = True
+    root.propagate = False

@@ -64,6 +64,7 @@ class BridgeState:
         )
         self._used_tokens: dict[str, float] = {}  # token -> expiry (monotonic-ish wall time)
         self.calls_drained = trio.Event()
+        self.end_all_calls = trio.Event()
 
     # --- admission -------------------------------------------------------------------
 
@@ -314,6 +315,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         metrics=state.metrics,
         agent_url=agent_url,
         authorize=state.authorize_start if state.validator is not None else None,
+        shutdown=state.end_all_calls,
     )
     state.active_calls += 1
     try:

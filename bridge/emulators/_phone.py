@@ -6,17 +6,18 @@ Twilio buffers the ``media`` the bridge sends and plays it in order at 8 kHz; a 
 audio and comes back when everything queued before it has been played (at once when nothing is queued); a
 ``clear`` drops the buffered audio and sends back every pending mark at once.
 
-The phone clock advances in spans of ``n`` samples (20 ms in the caller). :meth:`PhonePlayback.tick` is called at
-the *start* of a span: it takes the next ``n`` samples off the queue for the speaker (silence where the queue runs
-dry) and returns the marks that became due at that instant, i.e. whose audio finished in the span before. A mark
-whose audio ends inside the span that is playing now is "in flight": it is returned by the next tick, when its
-audio has really finished, not 20 ms early. Invariant: at the start of a tick the queue never begins with a mark
-(marks reached by the speaker are moved to "in flight" right away), so audio enqueued before tick ``k`` starts
-playing exactly at span ``k``: sample ``i`` of everything the ticks returned is phone time ``i / 8000`` s.
+The phone clock advances in spans of ``n`` samples (20 ms in the caller). :meth:`PhonePlayback.tick` is called
+at the *start* of a span: it takes the next ``n`` samples off the queue for the speaker (silence where the
+queue runs dry) and returns the marks that became due at that instant, i.e. whose audio finished in the span
+before. A mark whose audio ends inside the span that is playing now is "in flight": it is returned by the next
+tick, when its audio has really finished, not 20 ms early. Invariant: at the start of a tick the queue never
+begins with a mark (marks reached by the speaker are moved to "in flight" right away), so audio enqueued
+before tick ``k`` starts playing exactly at span ``k``: sample ``i`` of everything the ticks returned is phone
+time ``i / 8000`` s.
 
-``clear`` while a span plays: the span was already handed to the speaker and counts as heard (the model is exact
-to one span, 20 ms); its in-flight marks are pending, so they come back with the others. No I/O, no clock: the
-caller drives it, tests call it directly.
+``clear`` while a span plays: the span was already handed to the speaker and counts as heard (the model is
+exact to one span, 20 ms); its in-flight marks are pending, so they come back with the others. No I/O, no
+clock: the caller drives it, tests call it directly.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ class PhonePlayback:
         """Queues a mark behind the queued audio.
 
         Returns:
-            ``[name]`` when it is due at once (nothing queued nor playing before it), else ``[]``: it comes back
-            from a later :meth:`tick` or :meth:`clear`, in order with the other marks.
+            ``[name]`` when it is due at once (nothing queued nor playing before it), else ``[]``: it comes
+            back from a later :meth:`tick` or :meth:`clear`, in order with the other marks.
         """
         if self._queue:
             self._queue.append(_Mark(name))
@@ -103,8 +104,8 @@ class PhonePlayback:
         """Starts the next span of ``n_samples``: what the speaker plays in it, and the marks due now.
 
         Returns:
-            ``(played, marks_due)``: ``played`` is exactly ``n_samples`` μ-law bytes (queued audio, then silence);
-            ``marks_due`` are the marks whose audio finished by the start of this span, in order.
+            ``(played, marks_due)``: ``played`` is exactly ``n_samples`` μ-law bytes (queued audio, then
+            silence); ``marks_due`` are the marks whose audio finished by the start of this span, in order.
         """
         if n_samples < 0:
             raise ValueError(f"n_samples must be >= 0, got {n_samples!r}")

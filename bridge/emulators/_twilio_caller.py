@@ -2,20 +2,23 @@
 
 Theory of operation
 -------------------
-:meth:`TwilioCaller.run` optionally plays Twilio's webhook step (a signed form POST, then the TwiML answer read
-for ``<Connect><Stream url>`` and its ``<Parameter>``s), then opens the stream's WebSocket and sends
+:meth:`TwilioCaller.run` optionally plays Twilio's webhook step (a signed form POST, then the TwiML answer
+read for ``<Connect><Stream url>`` and its ``<Parameter>``s), then opens the stream's WebSocket and sends
 ``connected`` and ``start``. The instant ``start`` is sent is phone time 0. From then on one task, the ticker,
 runs the phone clock in 20 ms ticks on absolute deadlines (``trio.sleep_until(epoch + k * 20 ms / speed)``, so
-a late tick never shifts the ones after it). At tick ``k`` it sends uplink frame ``k - 1`` (the 20 ms the
-microphone captured in ``[k-1, k)``: the input audio, then silence), then starts speaker span ``k`` on the
-:class:`~bridge.emulators._phone.PhonePlayback` model and sends back the marks due. The other task receives what
-the bridge sends: ``media`` is queued on the phone, ``mark`` is queued (or echoed at once), ``clear`` empties the
-queue and echoes every pending mark at once. Both tasks send on the one socket (trio-websocket serialises sends).
+a late tick never shifts the ones after it). At tick ``k``, before anything that could wait, it starts speaker
+span ``k`` on the :class:`~bridge.emulators._phone.PhonePlayback` model; then it sends uplink frame ``k - 1``
+(the 20 ms the microphone captured in ``[k-1, k)``: the input audio, then silence) and the marks due. A tick
+that wakes ``L`` late (``CallRecord.max_tick_lateness_s``) may play audio that arrived up to ``L`` after its
+span's deadline: the phone-clock figures are exact to ``L`` times ``speed``. The other task receives what
+the bridge sends: ``media`` is queued on the phone, ``mark`` is queued (or echoed at once), ``clear`` empties
+the queue and echoes every pending mark at once. Both tasks send on the one socket (trio-websocket serialises
+sends).
 
 The call ends when the caller hangs up (``hangup_after_s`` of phone time: ``stop``, then close 1000), when the
 bridge closes the socket, when a ``drop_after_s`` fault cuts the TCP connection, or at ``max_call_s`` (safety
-net). Whichever task ends first cancels the other. Recorded tracks: sample ``i`` of ``sent`` and of ``heard`` is
-the same phone instant ``i / 8000`` s; at the end they may differ in length by one frame.
+net). Whichever task ends first cancels the other. Recorded tracks: sample ``i`` of ``sent`` and of ``heard``
+is the same phone instant ``i / 8000`` s; at the end they may differ in length by one frame.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import httpx
 import numpy as np
 import trio
 import trio_websocket
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 
 import codec
 from bridge import _twilio
@@ -66,9 +69,9 @@ class CallEvent:
 
     Attributes:
         kind: ``webhook``, ``start_sent``, ``media_received`` (``size`` = μ-law bytes), ``mark_received``,
-            ``mark_echoed``, ``clear_received`` (``size`` = queued samples dropped), ``bad_message`` (``detail`` =
-            error kind), ``first_audio_heard``, ``injected``, ``dtmf_sent``, ``stop_sent``, ``dropped``,
-            ``closed`` (``detail`` = ``"<code> <reason>"``).
+            ``mark_echoed``, ``clear_received`` (``size`` = queued samples dropped), ``bad_message``
+            (``detail`` = error kind), ``first_audio_heard``, ``injected``, ``dtmf_sent``, ``stop_sent``,
+            ``dropped``, ``closed`` (``detail`` = ``"<code> <reason>"``).
         phone_s: phone-clock time (0 = ``start`` sent; scaled by ``speed``).
         wall_s: ``trio.current_time()`` when it happened (for latency against other recorders).
     """
@@ -99,9 +102,9 @@ class CallCounters:
 class CallRecord:
     """Everything one emulated call saw and did. ``outcome`` says how it ended:
 
-    ``hung_up`` (the caller sent ``stop`` and closed 1000), ``bridge_closed`` (the bridge closed the socket, see
-    ``close_code``), ``dropped`` (fault: TCP cut without a close frame), ``max_duration`` (safety net reached),
-    ``no_stream`` (the TwiML has no ``<Connect><Stream>``: busy or fallback answer), ``bad_twiml``,
+    ``hung_up`` (the caller sent ``stop`` and closed 1000), ``bridge_closed`` (the bridge closed the socket,
+    see ``close_code``), ``dropped`` (fault: TCP cut without a close frame), ``max_duration`` (safety net
+    reached), ``no_stream`` (the TwiML has no ``<Connect><Stream>``: busy or fallback answer), ``bad_twiml``,
     ``webhook_failed``, ``connect_failed`` (``error`` and ``rejected_status`` say why).
     """
 
@@ -161,7 +164,8 @@ class CallRecord:
         return (wall_s - self.start_wall_s) * self.speed
 
     def stereo_wav(self, path: str) -> None:
-        """Writes the call as a 16-bit 8 kHz stereo WAV: left = what the caller sent, right = what it heard."""
+        """Writes the call as a 16-bit 8 kHz stereo WAV: left = what the caller sent, right = what it
+        heard."""
         sent = np.frombuffer(self.sent_pcm, dtype="<i2")
         heard = np.frombuffer(self.heard_pcm, dtype="<i2")
         n = max(len(sent), len(heard))
@@ -188,8 +192,8 @@ class TwilioCaller:
     """Places one emulated call the way Twilio does, and records it.
 
     Args:
-        stream_url: the stream's WebSocket URL. With ``webhook_url`` too, it overrides the TwiML's URL (e.g. to
-            reach a local server whose TwiML names its public address).
+        stream_url: the stream's WebSocket URL. With ``webhook_url`` too, it overrides the TwiML's URL
+            (e.g. to reach a local server whose TwiML names its public address).
         webhook_url: when given, POST the voice webhook first and take the stream URL and its parameters from
             the TwiML answer.
         auth_token: signs the webhook (and the stream's upgrade) with ``X-Twilio-Signature``. Never recorded.
@@ -311,7 +315,10 @@ class TwilioCaller:
             rec.error = f"{type(exc).__name__}: {exc.__cause__ or exc}"
         log.info(
             "emulated call ended call_sid=%s stream_sid=%s outcome=%s close=%s",
-            rec.call_sid, rec.stream_sid, rec.outcome, rec.close_code,
+            rec.call_sid,
+            rec.stream_sid,
+            rec.outcome,
+            rec.close_code,
         )
         return rec
 
@@ -416,7 +423,10 @@ class _ActiveCall:
             for i in range(caller.media_before_start):
                 await ws.send_message(
                     _twilio.media_event_message(
-                        stream_sid=rec.stream_sid, payload=_SILENT_FRAME, chunk=i + 1, timestamp_ms=0,
+                        stream_sid=rec.stream_sid,
+                        payload=_SILENT_FRAME,
+                        chunk=i + 1,
+                        timestamp_ms=0,
                         sequence_number=self._seq(),
                     )
                 )
@@ -457,7 +467,8 @@ class _ActiveCall:
             if not self._closing:
                 self._record_close(exc.reason, by="bridge")
         finally:
-            done.cancel()
+            if not self._closing:  # when the caller is closing, the ticker ends the call once it is done
+                done.cancel()
 
     def _bad(self, kind: str, detail: str, wall: float) -> None:
         self.rec.counters.protocol_errors += 1
@@ -495,7 +506,9 @@ class _ActiveCall:
     async def _echo(self, names: list[str]) -> None:
         for name in names:
             await self.ws.send_message(
-                _twilio.mark_event_message(stream_sid=self.rec.stream_sid, name=name, sequence_number=self._seq())
+                _twilio.mark_event_message(
+                    stream_sid=self.rec.stream_sid, name=name, sequence_number=self._seq()
+                )
             )
             self.rec.counters.marks_echoed += 1
             self._event("mark_echoed", detail=name)
@@ -530,24 +543,31 @@ class _ActiveCall:
             if lateness > tick_wall:
                 rec.counters.late_ticks += 1
             rec.duration_s = k * FRAME_S
+            ending = None
+            if drop_tick is not None and k >= drop_tick:
+                ending = "dropped"
+            elif hangup_tick is not None and k >= hangup_tick:
+                ending = "hung_up"
+            elif k >= max_tick:
+                ending = "max_duration"
+            due: list[str] = []
+            if ending is None:
+                # The speaker first, with no await since waking: span k starts now, whatever the sends cost.
+                before = self.phone.played_audio_samples
+                played, due = self.phone.tick(FRAME_SAMPLES)
+                rec.heard_ulaw += played
+                if rec.first_audio_heard_s is None and self.phone.played_audio_samples > before:
+                    rec.first_audio_heard_s = k * FRAME_S
+                    rec.first_audio_heard_wall_s = trio.current_time()
+                    self._event("first_audio_heard")
             if k >= 1:
                 await self._send_frame(k - 1, audio)
-            if drop_tick is not None and k >= drop_tick:
+            if ending == "dropped":
                 await self._drop()
                 return
-            if hangup_tick is not None and k >= hangup_tick:
-                await self._hang_up("hung_up")
+            if ending is not None:
+                await self._hang_up(ending)
                 return
-            if k >= max_tick:
-                await self._hang_up("max_duration")
-                return
-            before = self.phone.played_audio_samples
-            played, due = self.phone.tick(FRAME_SAMPLES)
-            rec.heard_ulaw += played
-            if rec.first_audio_heard_s is None and self.phone.played_audio_samples > before:
-                rec.first_audio_heard_s = k * FRAME_S
-                rec.first_audio_heard_wall_s = trio.current_time()
-                self._event("first_audio_heard")
             if due:
                 await self._echo(due)
             while injections and injections[0][0] <= k:
@@ -585,16 +605,18 @@ class _ActiveCall:
         rec = self.rec
         await self.ws.send_message(
             _twilio.stop_message(
-                stream_sid=rec.stream_sid, call_sid=rec.call_sid, account_sid=rec.account_sid,
+                stream_sid=rec.stream_sid,
+                call_sid=rec.call_sid,
+                account_sid=rec.account_sid,
                 sequence_number=self._seq(),
             )
         )
         self._closing = True
         self._event("stop_sent")
         rec.outcome = outcome
+        self._record_close(trio_websocket.CloseReason(1000, None), by="caller")
         with trio.move_on_after(self.caller.connect_timeout_s):
             await self.ws.aclose(1000)
-        self._record_close(trio_websocket.CloseReason(1000, None), by="caller")
 
     async def _drop(self) -> None:
         """Cuts the TCP connection without ``stop`` or a close frame.
@@ -607,7 +629,7 @@ class _ActiveCall:
         sock = getattr(stream, "socket", None)
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await stream.aclose()
         self.rec.outcome = "dropped"
         self._event("dropped")
         self._record_close(trio_websocket.CloseReason(1006, "dropped by the caller"), by="drop")
+        await stream.aclose()

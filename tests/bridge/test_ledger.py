@@ -533,3 +533,16 @@ def test_the_memory_bound_drops_audio_but_never_lies_about_playback(
     piece_units: int, max_units: int, script: list[tuple[str, int]]
 ) -> None:
     _run(piece_units, max_units * UNIT, False, script)
+
+
+def test_tail_is_played_and_awaited_but_never_owes_a_status():
+    ledger = PlaybackLedger(piece_bytes=800)
+    sent = ledger.agent_media("s", 1, b"\x01" * 800)
+    tail = ledger.tail(b"\x02" * 18)
+    assert [type(a) for a in tail] == [SendMedia, SendMark]
+    assert ledger.pending_bytes == 818 and not ledger.idle
+    marks = [a.name for a in sent + tail if isinstance(a, SendMark)]
+    assert ledger.twilio_mark(marks[0]) == [SendStatus("s", 1)]
+    assert ledger.twilio_mark(marks[1]) == []  # the tail played: no status for it
+    assert ledger.idle
+    assert ledger.tail(b"") == []

@@ -54,6 +54,8 @@ def _extensions() -> list[Extension]:
     ext = Extension(
         "codec._mulaw",
         sources=["codec/_mulaw.pyx"],
+        depends=["codec/_kernels.h"],
+        include_dirs=["codec"],
         extra_compile_args=compile_args,
     )
     return cythonize([ext], language_level=3, quiet=True)

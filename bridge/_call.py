@@ -34,7 +34,7 @@ still open: no task outlives its call.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,13 +61,29 @@ logger = logging.getLogger("bridge.call")
 UPLINK_CHANNEL_ITEMS = 32
 #: Time for both sockets to close once a call has ended (PROTOCOLS.md: 1 s).
 CLOSE_TIMEOUT_S = 1.0
+#: Bound on the REST request that completes a call after ``end``.
+HANGUP_TIMEOUT_S = 5.0
 #: Extra time allowed after ``end`` for Twilio to confirm the last audio played.
 END_PLAYOUT_GRACE_S = 1.0
-#: Largest Speakr message we accept (trio-websocket closes with 1009 beyond it).
-#: 8 MiB of base64 is ~2 minutes of 24 kHz speech in one message.
-SPEAKR_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: Largest Speakr message the bridge plays: 4 MiB of base64 is ~65 s of 24 kHz speech in one
+#: message. Larger ones are dropped and counted; the call goes on.
+SPEAKR_MAX_MESSAGE_CHARS = 4 * 1024 * 1024
+#: Beyond this trio-websocket closes the agent socket with 1009 (the call then ends): a guard on
+#: the process's memory, far above anything a real agent sends.
+SPEAKR_SOCKET_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Largest Twilio message we parse (Twilio's are ~300 characters); larger ones are dropped and
+#: counted before any JSON work.
+TWILIO_MAX_MESSAGE_CHARS = 64 * 1024
 #: Largest decoded Twilio media payload we accept: Twilio sends 160 bytes.
 TWILIO_MAX_PAYLOAD_BYTES = 16_000
+#: Agent audio sent to Twilio and not yet confirmed played, at most: 120 s of μ-law. An agent that
+#: runs further ahead than this has its excess dropped and counted (``downlink_overflow``), so what
+#: one call holds in memory stays bounded whatever the agent sends.
+MAX_UNPLAYED_BYTES = 8000 * 120
+#: Connection attempts to the agent before the caller is handed to the fallback; a refused or
+#: failed connection is retried once, quickly (the caller hears nothing of it).
+AGENT_CONNECT_ATTEMPTS = 2
+AGENT_RETRY_DELAY_S = 0.2
 #: Speakr socket read size: a 100 ms agent message is ~6.5 kB of base64.
 SPEAKR_RECEIVE_BUFFER_BYTES = 64 * 1024
 #: When agent audio stops arriving for this long, the answer (or a burst of it) is over: the
@@ -104,6 +120,10 @@ class CallSettings:
     authorize: Callable[[_twilio.Start], str | None] | None = None
     #: Set by the server when live calls must end now (drain timeout).
     shutdown: trio.Event | None = None
+    #: Completes a call through Twilio's REST API (given its CallSid) after the agent's ``end``
+    #: has played out; without it the stream is just closed (Twilio then plays the TwiML after
+    #: ``</Connect>``). Must not raise for REST errors.
+    hangup: Callable[[str], Awaitable[Any]] | None = None
 
 
 @dataclass(slots=True)
@@ -161,6 +181,7 @@ class _Call:
         self.ready = trio.Event()
         self.playout_done = trio.Event()  # set when the ledger goes idle after `end`
         self.ending_after_playout = False
+        self.stalled_since: float | None = None  # first uplink overflow of the current stall
         self.downlink_dirty = False  # the resampler holds agent audio not yet flushed
         self.twilio_closed = False
         self.t_start = 0.0
@@ -217,6 +238,9 @@ class _Call:
                 return
             while True:
                 data = await self.twilio.receive()
+                if len(data) > TWILIO_MAX_MESSAGE_CHARS:
+                    self.count_error("twilio", "too_large", f"message of {len(data)} characters dropped")
+                    continue
                 try:
                     event = parse(data, max_payload_bytes=TWILIO_MAX_PAYLOAD_BYTES)
                 except TwilioProtocolError as exc:
@@ -241,6 +265,9 @@ class _Call:
 
     async def handle_twilio_event(self, data: str | bytes) -> None:
         """Handle one message before ``start`` (connected, start, or out-of-order input)."""
+        if len(data) > TWILIO_MAX_MESSAGE_CHARS:
+            self.count_error("twilio", "too_large", f"message of {len(data)} characters dropped")
+            return
         try:
             event = _twilio.parse_event(data, max_payload_bytes=TWILIO_MAX_PAYLOAD_BYTES)
         except TwilioProtocolError as exc:
@@ -308,11 +335,24 @@ class _Call:
     def put_frame(self, frame: bytes, t_received: float) -> None:
         try:
             self.uplink_send.send_nowait((frame, t_received))
+            self.stalled_since = None
         except trio.WouldBlock:
+            # The agent is not taking caller audio: drop (counted), and give up on a lasting stall.
             self.metrics.dropped.labels("uplink_overflow").inc()
             self.result.uplink_dropped_bytes += len(frame)
+            if self.stalled_since is None:
+                self.stalled_since = t_received
+                self.log.warning("speakr is not keeping up: dropping caller audio")
+            elif t_received - self.stalled_since > self.config.agent_stall_timeout_s:
+                self.log.error("speakr stalled for %.1f s", t_received - self.stalled_since)
+                self.nursery.start_soon(self.give_up, "agent_stalled")  # type: ignore[union-attr]
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the call is ending; the sender is gone
+
+    async def give_up(self, reason: str) -> None:
+        """End the call from the agent's side: the caller hears the fallback TwiML."""
+        await self.close_twilio()
+        self.abort(reason)
 
     def put_control(self, message: str) -> None:
         try:
@@ -379,34 +419,44 @@ class _Call:
         return False
 
     async def speakr_receiver(self) -> None:
-        """Open the Speakr socket, then handle what the agent sends."""
-        url = self.settings.agent_url
+        """Open the Speakr socket (retrying a failed attempt once), then handle what the agent sends."""
         if self.settings.authorize is not None:
             # With authentication on, no agent socket is opened for a stream
             # until its start has shown a valid per-call token.
             await self.started.wait()
+        for attempt in range(1, AGENT_CONNECT_ATTEMPTS + 1):
+            failure = await self.speakr_session()
+            if failure is None:
+                return
+            self.log.error("speakr connection failed (attempt %d): %s", attempt, failure)
+            if failure.startswith("rejected") or attempt == AGENT_CONNECT_ATTEMPTS:
+                break
+            await trio.sleep(AGENT_RETRY_DELAY_S)
+        self.metrics.calls_rejected.labels("agent_connect_failed").inc()
+        await self.give_up("agent_connect_failed")
+
+    async def speakr_session(self) -> str | None:
+        """One connection to Speakr, for the rest of the call; returns why it failed to open, or None."""
         try:
             async with trio_websocket.open_websocket_url(
-                url,
+                self.settings.agent_url,
                 connect_timeout=self.config.agent_connect_timeout_s,
                 disconnect_timeout=CLOSE_TIMEOUT_S,
-                max_message_size=SPEAKR_MAX_MESSAGE_BYTES,
+                max_message_size=SPEAKR_SOCKET_MAX_MESSAGE_BYTES,
                 receive_buffer_size=SPEAKR_RECEIVE_BUFFER_BYTES,
             ) as ws:
                 self.speakr = ws
                 self.speakr_open.set()
                 await self.receive_agent(ws)
+        except trio_websocket.ConnectionRejected as exc:
+            return f"rejected with HTTP {exc.status_code}"
         except trio_websocket.HandshakeError as exc:
-            self.log.error("speakr connection failed: %s", type(exc).__name__)
-            self.metrics.calls_rejected.labels("agent_connect_failed").inc()
-            await self.close_twilio()
-            self.abort("agent_connect_failed")
+            return type(exc.__cause__ or exc).__name__
         except trio_websocket.ConnectionClosed:
             await self.agent_gone()
         except OSError as exc:
-            self.log.error("speakr connection failed: %s", exc.strerror or type(exc).__name__)
-            await self.close_twilio()
-            self.abort("agent_connect_failed")
+            return exc.strerror or type(exc).__name__
+        return None
 
     async def agent_gone(self) -> None:
         """Speakr's socket closed. Expected after ``end`` or our own close; else a drop."""
@@ -430,6 +480,10 @@ class _Call:
             else:
                 data = await ws.get_message()
             t0 = trio.current_time()
+            if len(data) > SPEAKR_MAX_MESSAGE_CHARS:
+                self.count_error("speakr", "too_large", f"message of {len(data)} characters dropped")
+                self.metrics.dropped.labels("agent_too_large").inc()
+                continue
             try:
                 event = parse(data)
             except SpeakrProtocolError as exc:
@@ -445,6 +499,10 @@ class _Call:
                 counters.speakr_bytes_in += len(event.audio)
                 ulaw = self.downlink.process(event.audio)
                 self.downlink_dirty = True
+                if self.ledger.pending_bytes + self.ledger.held_bytes + len(ulaw) > MAX_UNPLAYED_BYTES:
+                    self.metrics.dropped.labels("downlink_overflow").inc()
+                    self.log.warning("speakr is more than %d s ahead: audio dropped", MAX_UNPLAYED_BYTES // 8000)
+                    continue
                 await self.send_twilio(self.ledger.agent_media(event.session_id, event.sequence_id, ulaw))
                 hop.observe(trio.current_time() - t0)
             elif isinstance(event, _speakr.Initial):
@@ -529,6 +587,9 @@ class _Call:
                 with trio.move_on_after(bound_s):
                     await self.playout_done.wait()
         self.end("agent_end")
+        if self.settings.hangup is not None and self.start is not None:
+            with trio.move_on_after(HANGUP_TIMEOUT_S):
+                await self.settings.hangup(self.start.call_sid)
         await self.close_twilio()
         with trio.move_on_after(CLOSE_TIMEOUT_S):
             await ws.aclose(1000)

@@ -77,6 +77,8 @@ class Config:
     twilio_auth_token: Secret = field(default_factory=lambda: Secret(""))
     twilio_account_sid: str | None = None
     twilio_from_number: str | None = None
+    #: Twilio's REST API; changed only for a proxy or a local stand-in (tests, the demo).
+    twilio_api_base_url: str = "https://api.twilio.com"
     bridge_api_token: Secret = field(default_factory=lambda: Secret(""))
     max_concurrent_calls: int = 200
     log_format: str = "console"
@@ -85,6 +87,7 @@ class Config:
     agent_ready_timeout_s: float = 5.0
     stream_start_timeout_s: float = 10.0
     drain_timeout_s: float = 30.0
+    agent_stall_timeout_s: float = 5.0
     bridge_token_ttl_s: float = 300.0
 
     def agent_url(self) -> str | None:
@@ -205,6 +208,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
     "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _str),
     "TWILIO_FROM_NUMBER": ("twilio_from_number", _str),
+    "TWILIO_API_BASE_URL": ("twilio_api_base_url", _http_url),
     "BRIDGE_API_TOKEN": ("bridge_api_token", _secret),
     "MAX_CONCURRENT_CALLS": ("max_concurrent_calls", _int_in(1, 100_000)),
     "LOG_FORMAT": ("log_format", _log_format),
@@ -213,6 +217,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "BRIDGE_AGENT_READY_TIMEOUT_S": ("agent_ready_timeout_s", _float_in(0.1, 120.0)),
     "BRIDGE_STREAM_START_TIMEOUT_S": ("stream_start_timeout_s", _float_in(0.1, 120.0)),
     "BRIDGE_DRAIN_TIMEOUT_S": ("drain_timeout_s", _float_in(0.0, 3600.0)),
+    "BRIDGE_AGENT_STALL_TIMEOUT_S": ("agent_stall_timeout_s", _float_in(0.1, 120.0)),
 }
 
 VARIABLES = tuple(_VARIABLES)

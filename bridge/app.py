@@ -10,20 +10,14 @@ runner an explicit ``websocket.disconnect`` and one await per message.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import secrets
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from twilio.request_validator import RequestValidator
-from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from bridge import _twilio
 from bridge._call import CallSettings, run_call
@@ -31,14 +25,13 @@ from bridge._config import Config, load_config
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
 from bridge._metrics import Metrics
+from bridge._tokens import CallTokens
+from bridge._twiml import STREAM_PATH, busy_twiml, connect_twiml, stream_url
 
 __all__ = ["create_app", "BridgeState", "STREAM_PATH"]
 
 logger = logging.getLogger("bridge.app")
 
-STREAM_PATH = "/twilio/stream"
-FALLBACK_SAY = "Sorry, the assistant is not available right now. Please try again later."
-BUSY_SAY = "Sorry, all of our lines are busy right now. Please try again in a few minutes."
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -57,12 +50,11 @@ class BridgeState:
         self.validator = (
             RequestValidator(config.twilio_auth_token.reveal()) if config.twilio_auth_token else None
         )
-        self._token_key = (
-            hashlib.sha256(b"speakr-bridge token:" + config.twilio_auth_token.reveal().encode()).digest()
+        self.tokens = (
+            CallTokens(config.twilio_auth_token.reveal(), config.bridge_token_ttl_s)
             if config.twilio_auth_token
-            else secrets.token_bytes(32)
+            else None
         )
-        self._used_tokens: dict[str, float] = {}  # token -> expiry (monotonic-ish wall time)
         self.calls_drained = trio.Event()
         self.end_all_calls = trio.Event()
 
@@ -76,39 +68,10 @@ class BridgeState:
             return "busy"
         return None
 
-    # --- per-call tokens ------------------------------------------------------------
-
-    def issue_token(self, call_sid: str, now: float | None = None) -> str:
-        """A short-lived token for ``call_sid``: ``<expiry>.<hmac>``."""
-        expiry = int((time.time() if now is None else now) + self.config.bridge_token_ttl_s)
-        mac = hmac.new(self._token_key, f"{call_sid}.{expiry}".encode(), hashlib.sha256).hexdigest()
-        return f"{expiry}.{mac}"
-
-    def redeem_token(self, call_sid: str, token: str | None, now: float | None = None) -> str | None:
-        """Check and use up a token; returns a refusal reason or None when valid."""
-        if not token:
-            return "missing_token"
-        now = time.time() if now is None else now
-        expiry_text, _, mac = token.partition(".")
-        if not expiry_text.isdigit() or len(mac) != 64:
-            return "bad_token"
-        expected = hmac.new(self._token_key, f"{call_sid}.{expiry_text}".encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, mac):
-            return "bad_token"
-        if int(expiry_text) < now:
-            return "expired_token"
-        self._used_tokens = {t: e for t, e in self._used_tokens.items() if e >= now} if len(
-            self._used_tokens
-        ) > 10_000 else self._used_tokens
-        if token in self._used_tokens:
-            return "reused_token"
-        self._used_tokens[token] = float(expiry_text)
-        return None
-
     def authorize_start(self, start: _twilio.Start) -> str | None:
-        if self.validator is None:
+        if self.tokens is None:
             return None
-        return self.redeem_token(start.call_sid, start.custom_parameters.get("bridge_token"))
+        return self.tokens.redeem(start.call_sid, start.custom_parameters.get(CallTokens.PARAMETER))
 
 
 # --- URLs and signatures -----------------------------------------------------------
@@ -135,14 +98,8 @@ def request_base() -> str:
     return f"{proto}://{host}"
 
 
-def stream_url(base: str) -> str:
-    parts = urlsplit(base)
-    scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + STREAM_PATH, "", ""))
-
-
-def _twiml(response: VoiceResponse) -> Response:
-    return Response(str(response), mimetype="text/xml")
+def _twiml(twiml: str) -> Response:
+    return Response(twiml, mimetype="text/xml")
 
 
 # --- the app -------------------------------------------------------------------------
@@ -195,25 +152,18 @@ def create_app(config: Config | None = None) -> QuartTrio:
             return "invalid Twilio signature", 403
         form = await request.form
         call_sid = form.get("CallSid", "")
-        response = VoiceResponse()
         refusal = state.admission_refusal()
         if refusal is not None:
             state.metrics.webhooks.labels("voice", refusal).inc()
             state.metrics.calls_rejected.labels(refusal).inc()
             logger.warning("[%s] call refused: %s", call_sid or "-", refusal)
-            response.say(BUSY_SAY)
-            response.hangup()
-            return _twiml(response)
-        base = config.public_url or request_base()
-        connect = Connect()
-        stream = connect.stream(url=stream_url(base))
-        if state.validator is not None and call_sid:
-            stream.parameter(name="bridge_token", value=state.issue_token(call_sid))
-        response.append(connect)
-        response.say(FALLBACK_SAY)
+            return _twiml(busy_twiml())
+        parameters = {}
+        if state.tokens is not None and call_sid:
+            parameters[CallTokens.PARAMETER] = state.tokens.issue(call_sid)
         state.metrics.webhooks.labels("voice", "ok").inc()
         logger.info("[%s] voice webhook: connecting stream", call_sid or "-")
-        return _twiml(response)
+        return _twiml(connect_twiml(stream_url(config.public_url or request_base()), parameters))
 
     @app.post("/twilio/status")
     async def status_callback() -> tuple[str, int]:

@@ -644,7 +644,13 @@ class _Call:
             self.counters.flush(self.metrics)
             if self.result.reason == "unknown":
                 self.result.reason = "cancelled"
-            self.result.ledger_stats = self.ledger.stats
+            stats = self.result.ledger_stats = self.ledger.stats
+            marks = self.metrics.marks
+            marks.labels("played").inc(stats.marks_played)
+            marks.labels("cleared").inc(stats.marks_cleared)
+            marks.labels("unknown").inc(stats.unknown_marks)
+            if stats.overflow_bytes:
+                self.metrics.dropped.labels("paused_overflow").inc()
         return self.result
 
     async def cleanup(self) -> None:

@@ -586,10 +586,12 @@ class _Call:
                 bound_s = self.ledger.pending_bytes / 8000 + END_PLAYOUT_GRACE_S
                 with trio.move_on_after(bound_s):
                     await self.playout_done.wait()
-        self.end("agent_end")
         if self.settings.hangup is not None and self.start is not None:
+            # Before end(): that gives the call only CLOSE_TIMEOUT_S more, and a slow REST
+            # answer must not let the fallback apology play after a normal goodbye.
             with trio.move_on_after(HANGUP_TIMEOUT_S):
                 await self.settings.hangup(self.start.call_sid)
+        self.end("agent_end")
         await self.close_twilio()
         with trio.move_on_after(CLOSE_TIMEOUT_S):
             await ws.aclose(1000)

@@ -25,6 +25,7 @@ from bridge._config import Config, load_config
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
 from bridge._metrics import Metrics
+from bridge._outbound import OutboundCalls, token_subject
 from bridge._tokens import CallTokens
 from bridge._twiml import STREAM_PATH, busy_twiml, connect_twiml, stream_url
 
@@ -55,6 +56,7 @@ class BridgeState:
             if config.twilio_auth_token
             else None
         )
+        self.outbound = OutboundCalls(config, self.metrics)
         self.calls_drained = trio.Event()
         self.end_all_calls = trio.Event()
 
@@ -71,7 +73,8 @@ class BridgeState:
     def authorize_start(self, start: _twilio.Start) -> str | None:
         if self.tokens is None:
             return None
-        return self.tokens.redeem(start.call_sid, start.custom_parameters.get(CallTokens.PARAMETER))
+        params = start.custom_parameters
+        return self.tokens.redeem(token_subject(start.call_sid, params), params.get(CallTokens.PARAMETER))
 
 
 # --- URLs and signatures -----------------------------------------------------------
@@ -115,6 +118,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     app = QuartTrio("speakr-bridge")
     state = BridgeState(config)
     app.extensions["bridge"] = state
+    app.register_blueprint(state.outbound.blueprint())
     if not config.twilio_auth_token:
         logger.warning(
             "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked and anyone who can reach "
@@ -170,6 +174,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
         if not await signed("status"):
             return "invalid Twilio signature", 403
         form = await request.form
+        state.outbound.record_status(form)
         status = form.get("StreamEvent") or form.get("CallStatus") or "unknown"
         label = status if status.replace("-", "").isalpha() and len(status) <= 24 else "other"
         state.metrics.status_callbacks.labels(label).inc()
@@ -266,6 +271,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         agent_url=agent_url,
         authorize=state.authorize_start if state.validator is not None else None,
         shutdown=state.end_all_calls,
+        hangup=state.outbound.hangup if state.outbound.rest_configured else None,
     )
     state.active_calls += 1
     try:

@@ -7,6 +7,8 @@
 - :class:`SpeakrAgentServer`: a Speakr-protocol WebSocket server (``initial``, ``ready``, ``media``,
   ``pause``, ``continue``, ``clear``, ``info``, ``end``) driven by a script per :class:`AgentSession`,
   recording everything.
+- :class:`TwilioRestApi`: a stand-in for Twilio's REST API (Calls create/update, errors, signed status
+  callbacks), which can also play Twilio's side of the calls it "places".
 - :class:`PhonePlayback`: the pure model of Twilio's playback buffer the caller uses.
 """
 
@@ -23,6 +25,7 @@ from bridge.emulators._speakr_agent import (
     SpeakrAgentServer,
 )
 from bridge.emulators._twilio_caller import CallCounters, CallEvent, CallRecord, TwilioCaller
+from bridge.emulators._twilio_rest_api import EmulatedCall, RecordedRequest, TwilioRestApi
 
 __all__ = [
     "SILENCE_ULAW",
@@ -31,11 +34,14 @@ __all__ = [
     "CallCounters",
     "CallEvent",
     "CallRecord",
+    "EmulatedCall",
     "PhonePlayback",
     "ReceivedFrame",
     "ReceivedStatus",
+    "RecordedRequest",
     "SentMedia",
     "SessionClosed",
     "SpeakrAgentServer",
     "TwilioCaller",
+    "TwilioRestApi",
 ]

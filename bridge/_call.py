@@ -34,6 +34,7 @@ still open: no task outlives its call.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -350,8 +351,18 @@ class _Call:
             pass  # the call is ending; the sender is gone
 
     async def give_up(self, reason: str) -> None:
-        """End the call from the agent's side: the caller hears the fallback TwiML."""
-        await self.close_twilio()
+        """End the call now from our side: the caller hears the fallback TwiML, Speakr gets 1000.
+
+        The reason is recorded first (so no other task's view of the closing sockets replaces it)
+        and both closes are shielded, so the cancellation that follows cannot cut them short.
+        """
+        if self.result.reason == "unknown":
+            self.result.reason = reason
+            self.log.info("call ending: %s", reason)
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+            await self.close_twilio()
+            if self.speakr is not None and self.speakr.closed is None:
+                await self.speakr.aclose(1000)
         self.abort(reason)
 
     def put_control(self, message: str) -> None:
@@ -437,17 +448,24 @@ class _Call:
 
     async def speakr_session(self) -> str | None:
         """One connection to Speakr, for the rest of the call; returns why it failed to open, or None."""
+        # trio-websocket's own connect_timeout does not fire when the peer accepts TCP but never
+        # answers the upgrade (its reader task keeps the handshake waiting): bound it ourselves.
+        timeout_s = self.config.agent_connect_timeout_s
         try:
-            async with trio_websocket.open_websocket_url(
-                self.settings.agent_url,
-                connect_timeout=self.config.agent_connect_timeout_s,
-                disconnect_timeout=CLOSE_TIMEOUT_S,
-                max_message_size=SPEAKR_SOCKET_MAX_MESSAGE_BYTES,
-                receive_buffer_size=SPEAKR_RECEIVE_BUFFER_BYTES,
-            ) as ws:
-                self.speakr = ws
-                self.speakr_open.set()
-                await self.receive_agent(ws)
+            with trio.CancelScope(deadline=trio.current_time() + timeout_s) as connecting:
+                async with trio_websocket.open_websocket_url(
+                    self.settings.agent_url,
+                    connect_timeout=timeout_s,
+                    disconnect_timeout=CLOSE_TIMEOUT_S,
+                    max_message_size=SPEAKR_SOCKET_MAX_MESSAGE_BYTES,
+                    receive_buffer_size=SPEAKR_RECEIVE_BUFFER_BYTES,
+                ) as ws:
+                    connecting.deadline = math.inf
+                    self.speakr = ws
+                    self.speakr_open.set()
+                    await self.receive_agent(ws)
+            if connecting.cancelled_caught:
+                return f"no handshake within {timeout_s:g} s"
         except trio_websocket.ConnectionRejected as exc:
             return f"rejected with HTTP {exc.status_code}"
         except trio_websocket.HandshakeError as exc:
@@ -462,8 +480,7 @@ class _Call:
         """Speakr's socket closed. Expected after ``end`` or our own close; else a drop."""
         if self.result.reason == "unknown":
             self.log.warning("speakr disconnected without end")
-            await self.close_twilio()
-            self.abort("agent_disconnect")
+            await self.give_up("agent_disconnect")
 
     async def receive_agent(self, ws: trio_websocket.WebSocketConnection) -> None:
         parse = _speakr.parse_event
@@ -614,20 +631,14 @@ class _Call:
             if ready_scope.cancelled_caught:
                 self.log.error("speakr not ready %.1f s after start", self.config.agent_ready_timeout_s)
                 self.metrics.calls_rejected.labels("agent_not_ready").inc()
-                await self.close_twilio()
-                self.abort("agent_not_ready")
+                await self.give_up("agent_not_ready")
             await self.ended.wait()
             nursery.cancel_scope.cancel()
 
     async def shutdown_watch(self, shutdown: trio.Event) -> None:
         await shutdown.wait()
         self.log.warning("server shutting down: ending the call")
-        await self.close_twilio()
-        self.end("server_shutdown")
-        if self.speakr is not None:
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await self.speakr.aclose(1000)
-        self.abort("server_shutdown")
+        await self.give_up("server_shutdown")
 
     # --- the runner -------------------------------------------------------------------
 

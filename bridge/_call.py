@@ -115,7 +115,7 @@ class CallSettings:
 
     config: Config
     metrics: Metrics
-    agent_url: str
+    agent_url: str = field(repr=False)  # carries the API key in its query
     #: Validates ``start`` before any agent session is opened; returns a reason
     #: to refuse the stream, or None. (The app's per-call token check.)
     authorize: Callable[[_twilio.Start], str | None] | None = None

@@ -87,11 +87,6 @@ AGENT_CONNECT_ATTEMPTS = 2
 AGENT_RETRY_DELAY_S = 0.2
 #: Speakr socket read size: a 100 ms agent message is ~6.5 kB of base64.
 SPEAKR_RECEIVE_BUFFER_BYTES = 64 * 1024
-#: When agent audio stops arriving for this long, the answer (or a burst of it) is over: the
-#: resampler's held-back tail (its group delay, ~1.4 ms) is played now, as if silence followed,
-#: instead of waiting to be glued to the front of the next answer. Speakr sends faster than real
-#: time, so Twilio still has audio buffered when this fires, and the tail joins it seamlessly.
-DOWNLINK_IDLE_FLUSH_S = 0.05
 #: How often the per-call hot-path counters are folded into the registry.
 COUNTER_FLUSH_FRAMES = 50
 
@@ -183,7 +178,6 @@ class _Call:
         self.playout_done = trio.Event()  # set when the ledger goes idle after `end`
         self.ending_after_playout = False
         self.stalled_since: float | None = None  # first uplink overflow of the current stall
-        self.downlink_dirty = False  # the resampler holds agent audio not yet flushed
         self.twilio_closed = False
         self.t_start = 0.0
         self.nursery: trio.Nursery | None = None
@@ -487,15 +481,11 @@ class _Call:
         counters = self.counters
         hop = self.metrics.hop_latency.labels("downlink")
         while True:
-            if self.downlink_dirty:
-                data = None
-                with trio.move_on_after(DOWNLINK_IDLE_FLUSH_S):
-                    data = await ws.get_message()
-                if data is None:
-                    await self.flush_downlink()
-                    continue
-            else:
-                data = await ws.get_message()
+            # The resampler keeps its state (and any odd byte) from one message to the next for
+            # the whole call: Speakr's messages are one continuous stream, cut anywhere, and a gap
+            # between two messages says nothing about where an answer ends. Its held-back tail
+            # (the 1.42 ms group delay) is flushed only at `end`, and dropped at `clear`.
+            data = await ws.get_message()
             t0 = trio.current_time()
             if len(data) > SPEAKR_MAX_MESSAGE_CHARS:
                 self.count_error("speakr", "too_large", f"message of {len(data)} characters dropped")
@@ -515,7 +505,6 @@ class _Call:
                 counters.speakr_media_in += 1
                 counters.speakr_bytes_in += len(event.audio)
                 ulaw = self.downlink.process(event.audio)
-                self.downlink_dirty = True
                 if self.ledger.pending_bytes + self.ledger.held_bytes + len(ulaw) > MAX_UNPLAYED_BYTES:
                     self.metrics.dropped.labels("downlink_overflow").inc()
                     self.log.warning("speakr is more than %d s ahead: audio dropped", MAX_UNPLAYED_BYTES // 8000)
@@ -565,7 +554,6 @@ class _Call:
         else:
             actions = self.ledger.clear()
             self.downlink.reset()  # the old answer's filter tail must not leak into the new one
-            self.downlink_dirty = False
         self.log.info("speakr %s", name)
         await self.send_twilio(actions)
 
@@ -585,11 +573,10 @@ class _Call:
                 self.put_control(_speakr.status_message(action.session_id, action.sequence_id))
 
     async def flush_downlink(self) -> None:
-        """Play the resampler's held-back tail now, as if silence followed.
+        """Play the resampler's held-back tail now, as if silence followed (at ``end``).
 
-        Through the ledger, so that it is marked, cleared and waited for like the rest of the answer.
+        Through the ledger, so that it is marked and waited for like the rest of the answer.
         """
-        self.downlink_dirty = False
         if self.start is not None:
             await self.send_twilio(self.ledger.tail(self.downlink.flush()))
 

@@ -287,6 +287,7 @@ async def test_agent_drop_closes_the_twilio_stream_within_a_second(nursery):
     assert record.outcome == "bridge_closed"
     closed = record.events_of("closed")[-1]
     assert closed.wall_s - dropped_at[0] < 1.0
+    print(f"agent drop -> Twilio stream closed in {(closed.wall_s - dropped_at[0]) * 1000:.1f} ms")
     await bridge.wait_idle()
     assert bridge.metric("bridge_calls_ended_total", {"reason": "agent_disconnect"}) == 1
 
@@ -304,6 +305,7 @@ async def test_caller_drop_closes_speakr_with_1000_within_a_second(nursery):
     assert record.outcome == "dropped"
     closed_at = session.events_of("closed")[-1].wall_s
     assert closed_at - dropped < 1.0
+    print(f"caller drop -> Speakr closed (1000) in {(closed_at - dropped) * 1000:.1f} ms")
     assert session.close_code == 1000
     # What was sent before the drop reached the agent, padded at the end only.
     sent = codec.ulaw_decode(codec.ulaw_encode(record.sent_pcm))

@@ -87,6 +87,8 @@ AGENT_CONNECT_ATTEMPTS = 2
 AGENT_RETRY_DELAY_S = 0.2
 #: Speakr socket read size: a 100 ms agent message is ~6.5 kB of base64.
 SPEAKR_RECEIVE_BUFFER_BYTES = 64 * 1024
+#: Bad input is always counted; per call and kind, the first few are logged, then every 100th.
+LOGGED_ERRORS_PER_KIND = 5
 #: How often the per-call hot-path counters are folded into the registry.
 COUNTER_FLUSH_FRAMES = 50
 
@@ -209,17 +211,31 @@ class _Call:
             await self.twilio.close(1000)
 
     def count_error(self, peer: str, kind: str, detail: str) -> None:
+        """Count bad input; log the first few of each kind, then every hundredth (a flood of
+        garbage must not become a flood of log lines)."""
         self.metrics.protocol_errors.labels(peer, kind).inc()
         key = f"{peer}:{kind}"
-        self.result.protocol_errors[key] = self.result.protocol_errors.get(key, 0) + 1
-        self.log.warning("bad %s input (%s): %s", peer, kind, detail)
+        seen = self.result.protocol_errors[key] = self.result.protocol_errors.get(key, 0) + 1
+        if seen <= LOGGED_ERRORS_PER_KIND or seen % 100 == 0:
+            self.log.warning("bad %s input (%s, %d so far this call): %s", peer, kind, seen, detail)
+
+    def parse_twilio(self, data: str | bytes) -> _twilio.TwilioEvent | None:
+        """One Twilio message as an event, or None (counted and logged) when it is bad."""
+        if len(data) > TWILIO_MAX_MESSAGE_CHARS:
+            self.count_error("twilio", "too_large", f"message of {len(data)} characters dropped")
+            return None
+        try:
+            return _twilio.parse_event(data, max_payload_bytes=TWILIO_MAX_PAYLOAD_BYTES)
+        except TwilioProtocolError as exc:
+            self.count_error("twilio", exc.kind, exc.detail)
+            return None
 
     # --- the three tasks ------------------------------------------------------------
 
     async def twilio_receiver(self) -> None:
         """Read Twilio until it stops; feed the uplink and the ledger."""
         decode = codec.ulaw_decode
-        parse = _twilio.parse_event
+        parse = self.parse_twilio
         framer = self.framer
         counters = self.counters
         put = self.put_frame
@@ -232,15 +248,7 @@ class _Call:
                 self.abort("twilio_no_start")
                 return
             while True:
-                data = await self.twilio.receive()
-                if len(data) > TWILIO_MAX_MESSAGE_CHARS:
-                    self.count_error("twilio", "too_large", f"message of {len(data)} characters dropped")
-                    continue
-                try:
-                    event = parse(data, max_payload_bytes=TWILIO_MAX_PAYLOAD_BYTES)
-                except TwilioProtocolError as exc:
-                    self.count_error("twilio", exc.kind, exc.detail)
-                    continue
+                event = parse(await self.twilio.receive())
                 if type(event) is _twilio.Media:
                     # The hot path, inline: decode, re-frame, queue.
                     pcm = decode(event.payload)
@@ -251,7 +259,7 @@ class _Call:
                         put(frame, now)
                     if counters.twilio_frames_in >= COUNTER_FLUSH_FRAMES:
                         counters.flush(self.metrics)
-                elif await self.dispatch_twilio(event):
+                elif event is not None and await self.dispatch_twilio(event):
                     return
         except CallEnded as exc:
             self.end(exc.reason)
@@ -260,13 +268,8 @@ class _Call:
 
     async def handle_twilio_event(self, data: str | bytes) -> None:
         """Handle one message before ``start`` (connected, start, or out-of-order input)."""
-        if len(data) > TWILIO_MAX_MESSAGE_CHARS:
-            self.count_error("twilio", "too_large", f"message of {len(data)} characters dropped")
-            return
-        try:
-            event = _twilio.parse_event(data, max_payload_bytes=TWILIO_MAX_PAYLOAD_BYTES)
-        except TwilioProtocolError as exc:
-            self.count_error("twilio", exc.kind, exc.detail)
+        event = self.parse_twilio(data)
+        if event is None:
             return
         if isinstance(event, _twilio.Start):
             self.accept_start(event)

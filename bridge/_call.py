@@ -87,6 +87,11 @@ AGENT_CONNECT_ATTEMPTS = 2
 AGENT_RETRY_DELAY_S = 0.2
 #: Speakr socket read size: a 100 ms agent message is ~6.5 kB of base64.
 SPEAKR_RECEIVE_BUFFER_BYTES = 64 * 1024
+#: Real-time rule for overload: caller audio arriving more than this behind Twilio's stream
+#: clock (relative to the best seen) is stale, dropped and counted (``stale_uplink``) rather than
+#: forwarded seconds late. Normal jitter is a few milliseconds; a backlog this deep means the
+#: server is overloaded, and forwarding it would only delay every answer of the agent.
+STALE_UPLINK_S = 0.5
 #: Bad input is always counted; per call and kind, the first few are logged, then every 100th.
 LOGGED_ERRORS_PER_KIND = 5
 #: How often the per-call hot-path counters are folded into the registry.
@@ -180,6 +185,8 @@ class _Call:
         self.playout_done = trio.Event()  # set when the ledger goes idle after `end`
         self.ending_after_playout = False
         self.stalled_since: float | None = None  # first uplink overflow of the current stall
+        self.min_lag = math.inf  # smallest (wall time - Twilio stream time) seen: see is_stale()
+        self.dropping_stale = False
         self.twilio_closed = False
         self.t_start = 0.0
         self.nursery: trio.Nursery | None = None
@@ -251,10 +258,12 @@ class _Call:
                 event = parse(await self.twilio.receive())
                 if type(event) is _twilio.Media:
                     # The hot path, inline: decode, re-frame, queue.
+                    now = trio.current_time()
+                    if event.timestamp_ms is not None and self.is_stale(now, event.timestamp_ms):
+                        continue
                     pcm = decode(event.payload)
                     counters.twilio_frames_in += 1
                     counters.twilio_bytes_in += len(event.payload)
-                    now = trio.current_time()
                     for frame in framer.feed(pcm):
                         put(frame, now)
                     if counters.twilio_frames_in >= COUNTER_FLUSH_FRAMES:
@@ -265,6 +274,26 @@ class _Call:
             self.end(exc.reason)
         finally:
             self.finish_uplink()
+
+    def is_stale(self, now: float, timestamp_ms: int) -> bool:
+        """True for caller audio that reaches us too late to be worth forwarding (then counted).
+
+        ``timestamp_ms`` is Twilio's stream clock. ``now - timestamp`` is constant while we keep up
+        (network jitter aside); its smallest value so far is the baseline. When the server falls
+        behind, frames queue in socket buffers and arrive ever later: past STALE_UPLINK_S behind
+        the baseline they are dropped, so the agent hears the caller live instead of seconds late.
+        """
+        lag = now - timestamp_ms * 0.001
+        if lag < self.min_lag:
+            self.min_lag = lag
+        elif lag - self.min_lag > STALE_UPLINK_S:
+            self.metrics.dropped.labels("stale_uplink").inc()
+            if not self.dropping_stale:
+                self.dropping_stale = True
+                self.log.warning("caller audio arriving %.0f ms late: dropping it", (lag - self.min_lag) * 1000)
+            return True
+        self.dropping_stale = False
+        return False
 
     async def handle_twilio_event(self, data: str | bytes) -> None:
         """Handle one message before ``start`` (connected, start, or out-of-order input)."""
@@ -469,6 +498,9 @@ class _Call:
             return type(exc.__cause__ or exc).__name__
         except trio_websocket.ConnectionClosed:
             await self.agent_gone()
+        except CallEnded as exc:
+            # Twilio's socket closed under us while we were sending agent audio to it.
+            self.end(exc.reason)
         except OSError as exc:
             return exc.strerror or type(exc).__name__
         return None

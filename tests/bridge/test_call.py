@@ -477,3 +477,50 @@ async def test_many_concurrent_calls_stay_isolated_even_when_one_misbehaves(nurs
         assert received[: len(sent)] == sent
     assert matched == set(range(calls))
     await bridge.wait_idle()
+
+
+# --- overload ----------------------------------------------------------------------------------
+
+
+async def test_caller_audio_arriving_seconds_late_is_dropped_not_forwarded(nursery):
+    """A backlog (Twilio's stream clock far ahead of when frames reach us) is stale: dropped, counted."""
+    import trio_websocket
+
+    from bridge import _twilio
+
+    agent = await start_agent(nursery)
+    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
+    ids = {"stream_sid": "MZ" + "1" * 32, "call_sid": "CA" + "2" * 32, "account_sid": "AC" + "3" * 32}
+    live = codec.ulaw_encode(speechlike(0.64, 8000, seed=61))
+    stale = bytes([0x7F]) * 160 * 25  # 0.5 s of a distinct code: it must never reach the agent
+
+    def media(i: int, payload: bytes, ts_ms: int) -> str:
+        return _twilio.media_event_message(
+            stream_sid=ids["stream_sid"], payload=payload, chunk=i, timestamp_ms=ts_ms, sequence_number=i + 2
+        )
+
+    with trio.fail_after(LIMIT_S):
+        async with trio_websocket.open_websocket_url(bridge.stream_url) as ws:
+            await ws.send_message(_twilio.connected_message())
+            await ws.send_message(_twilio.start_message(custom_parameters={}, **ids))
+            session = await agent.wait_for_session(1)
+            await session.wait_start()
+            # 32 live frames paced in real time (stream time = wall time).
+            t0 = trio.current_time()
+            for i in range(32):
+                await trio.sleep_until(t0 + i * 0.02)
+                await ws.send_message(media(i, live[i * 160 : (i + 1) * 160], i * 20))
+            # Then a backlog: 25 frames whose stream time is 2 s behind the wall clock.
+            await trio.sleep(2.0)
+            for i in range(25):
+                await ws.send_message(media(32 + i, stale[i * 160 : (i + 1) * 160], 640 + i * 20))
+            await session.wait_audio_bytes(len(live) * 2 // 512 * 512)
+            await ws.send_message(
+                _twilio.stop_message(sequence_number=99, **{k: ids[k] for k in ("stream_sid", "call_sid", "account_sid")})
+            )
+        await session.closed.wait()
+        await bridge.wait_idle()
+    received = session.received_audio
+    assert received[: len(live) * 2] == codec.ulaw_decode(live)  # live audio: exact
+    assert codec.ulaw_decode(bytes([0x7F]))[:2] * 8 not in received  # the stale half second: gone
+    assert bridge.metric("bridge_dropped_total", {"reason": "stale_uplink"}) == 25

@@ -154,7 +154,11 @@ class _CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         r = self._call.result
-        ids = {"call_sid": r.call_sid or "-", "stream_sid": r.stream_sid or "-", "session_id": r.session_id or "-"}
+        ids = {
+            "call_sid": r.call_sid or "-",
+            "stream_sid": r.stream_sid or "-",
+            "session_id": r.session_id or "-",
+        }
         kwargs.setdefault("extra", {}).update(ids)
         return f"[{ids['call_sid']} {ids['stream_sid']} {ids['session_id']}] {msg}", kwargs
 
@@ -290,7 +294,8 @@ class _Call:
             self.metrics.dropped.labels("stale_uplink").inc()
             if not self.dropping_stale:
                 self.dropping_stale = True
-                self.log.warning("caller audio arriving %.0f ms late: dropping it", (lag - self.min_lag) * 1000)
+                late_ms = (lag - self.min_lag) * 1000
+                self.log.warning("caller audio arriving %.0f ms late: dropping it", late_ms)
             return True
         self.dropping_stale = False
         return False
@@ -542,7 +547,8 @@ class _Call:
                 ulaw = self.downlink.process(event.audio)
                 if self.ledger.pending_bytes + self.ledger.held_bytes + len(ulaw) > MAX_UNPLAYED_BYTES:
                     self.metrics.dropped.labels("downlink_overflow").inc()
-                    self.log.warning("speakr is more than %d s ahead: audio dropped", MAX_UNPLAYED_BYTES // 8000)
+                    ahead_s = MAX_UNPLAYED_BYTES // 8000
+                    self.log.warning("speakr is more than %d s ahead: audio dropped", ahead_s)
                     continue
                 await self.send_twilio(self.ledger.agent_media(event.session_id, event.sequence_id, ulaw))
                 hop.observe(trio.current_time() - t0)

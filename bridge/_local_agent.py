@@ -117,7 +117,8 @@ def greeting_pcm() -> bytes:
         shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
         if shape != (OUT_RATE, 1, 2):
             raise ValueError(f"agent_greeting.wav must be 24 kHz mono 16-bit, got {shape!r}")
-        return wav.readframes(wav.getnframes())
+        frames: bytes = wav.readframes(wav.getnframes())
+        return frames
 
 
 @dataclass(slots=True)

@@ -203,7 +203,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
         else:
             await quart_asgi(scope, receive, send)  # type: ignore[arg-type]
 
-    app.asgi_app = asgi_app  # type: ignore[method-assign]
+    app.asgi_app = asgi_app  # type: ignore[method-assign,assignment]
     return app
 
 

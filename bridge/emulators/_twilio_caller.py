@@ -39,7 +39,7 @@ import httpx
 import numpy as np
 import trio
 import trio_websocket
-from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+from twilio.request_validator import RequestValidator
 
 import codec
 from bridge import _twilio

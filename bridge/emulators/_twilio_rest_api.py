@@ -18,7 +18,8 @@ one) are POSTed to ``StatusCallback`` and signed with ``X-Twilio-Signature`` lik
 ``ringing``, then ``in-progress`` on answer, then the end status with ``CallDuration``); on answer, the
 TwiML's ``<Connect><Stream>`` is dialled by a :class:`~bridge.emulators.TwilioCaller` with the
 ``<Parameter>``s as ``customParameters`` and the created CallSid, so a whole outbound call runs end to end
-on loopback. A ``To`` listed in ``outcomes`` ends as ``busy``, ``no-answer`` or ``failed`` instead, without a stream.
+on loopback. A ``To`` listed in ``outcomes`` ends as ``busy``, ``no-answer`` or ``failed`` instead,
+without a stream.
 
 Hang-up through the API (``Status=completed`` on a live call) ends the call as Twilio does: the resource is
 ``completed`` at once (a second hang-up gets 21220), and the stream is torn down after
@@ -48,7 +49,7 @@ import orjson
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+from twilio.request_validator import RequestValidator
 
 from bridge._server import serve_in_process
 from bridge.emulators._twilio_caller import CallRecord, TwilioCaller

@@ -11,11 +11,10 @@ import math
 
 import numpy as np
 import trio
+from e2e_helpers import best_alignment, pcm, snr_db, speechlike, start_agent, start_bridge
 
 import codec
 from bridge.emulators import TwilioCaller
-
-from e2e_helpers import best_alignment, pcm, snr_db, speechlike, start_agent, start_bridge
 
 SPEED = 5.0
 LIMIT_S = 30  # generous bound on any single test
@@ -113,7 +112,7 @@ async def test_downlink_matches_ideal_reference_across_irregular_odd_messages(nu
         record = await caller.run()
     assert record.outcome == "bridge_closed" and record.close_code == 1000
     ideal = ideal_8k(audio24)
-    # Every output sample arrived exactly once: 16000 samples for 48000 in (the filter tail is flushed at end).
+    # Every output sample arrived exactly once: 16000 for 48000 in (the filter tail is flushed at end).
     assert record.counters.bytes_received == len(ideal)
     heard = pcm(record.heard_pcm)
     offset, peak = best_alignment(heard, ideal)
@@ -393,7 +392,9 @@ async def test_hostile_twilio_input_never_ends_the_call_or_the_server(nursery):
     assert errors >= len(GARBAGE_FROM_TWILIO) - 1  # the unknown mark counts as a mark, not an error
     # And the server takes the next call as if nothing happened.
     with trio.fail_after(LIMIT_S):
-        again = await TwilioCaller(stream_url=bridge.stream_url, audio=audio, speed=SPEED, hangup_after_s=1).run()
+        again = await TwilioCaller(
+            stream_url=bridge.stream_url, audio=audio, speed=SPEED, hangup_after_s=1
+        ).run()
     assert again.outcome == "hung_up"
 
 
@@ -420,7 +421,8 @@ async def test_hostile_agent_input_never_ends_the_call(nursery):
     assert record.outcome == "bridge_closed" and record.close_code == 1000
     await bridge.wait_idle()
     assert record.counters.bytes_received == len(good) // 6
-    speakr_errors = {k: v for k, v in _samples(bridge, "bridge_protocol_errors_total").items() if "speakr" in k}
+    errors = _samples(bridge, "bridge_protocol_errors_total")
+    speakr_errors = {k: v for k, v in errors.items() if "speakr" in k}
     assert sum(speakr_errors.values()) >= 6
     assert bridge.metric("bridge_agent_info_total", {"kind": "bad_param"}) == 1
 
@@ -515,9 +517,7 @@ async def test_caller_audio_arriving_seconds_late_is_dropped_not_forwarded(nurse
             for i in range(25):
                 await ws.send_message(media(32 + i, stale[i * 160 : (i + 1) * 160], 640 + i * 20))
             await session.wait_audio_bytes(len(live) * 2 // 512 * 512)
-            await ws.send_message(
-                _twilio.stop_message(sequence_number=99, **{k: ids[k] for k in ("stream_sid", "call_sid", "account_sid")})
-            )
+            await ws.send_message(_twilio.stop_message(sequence_number=99, **ids))
         await session.closed.wait()
         await bridge.wait_idle()
     received = session.received_audio

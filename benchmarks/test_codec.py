@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _harness import cpu_name
 
 import codec
 from codec import _fallback
@@ -276,7 +277,7 @@ def _format(rows: list[Row], times: dict[tuple[str, str, str], float], checks: l
     lines = [
         "Median time per call, µs (lower is better). "
         f"codec.IMPLEMENTATION={codec.IMPLEMENTATION}; Python {platform.python_version()}, "
-        f"NumPy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, {_cpu_name()}.",
+        f"NumPy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, {cpu_name()}.",
         "",
         "| step | input | " + " | ".join(COLUMNS) + " |",
         "| --- | --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
@@ -299,16 +300,6 @@ def _format(rows: list[Row], times: dict[tuple[str, str, str], float], checks: l
         met = "n/a" if check.ok is None else ("yes" if check.ok else "NO")
         lines.append(f"| {check.what} | {value} | {check.bar} | {met} |")
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 @pytest.fixture(scope="module")

@@ -253,7 +253,7 @@ class _Call:
         try:
             with trio.move_on_after(self.config.stream_start_timeout_s) as start_scope:
                 while self.start is None:
-                    await self.handle_twilio_event(await self.twilio.receive())
+                    self.handle_twilio_event(await self.twilio.receive())
             if start_scope.cancelled_caught:
                 self.metrics.calls_rejected.labels("no_start").inc()
                 self.abort("twilio_no_start")
@@ -272,7 +272,7 @@ class _Call:
                         put(frame, now)
                     if counters.twilio_frames_in >= COUNTER_FLUSH_FRAMES:
                         counters.flush(self.metrics)
-                elif event is not None and await self.dispatch_twilio(event):
+                elif event is not None and self.dispatch_twilio(event):
                     return
         except CallEnded as exc:
             self.end(exc.reason)
@@ -300,7 +300,7 @@ class _Call:
         self.dropping_stale = False
         return False
 
-    async def handle_twilio_event(self, data: str | bytes) -> None:
+    def handle_twilio_event(self, data: str | bytes) -> None:
         """Handle one message before ``start`` (connected, start, or out-of-order input)."""
         event = self.parse_twilio(data)
         if event is None:
@@ -340,7 +340,7 @@ class _Call:
         self.log.info("stream started (%s)", ", ".join(sorted(event.custom_parameters)) or "no parameters")
         self.started.set()
 
-    async def dispatch_twilio(self, event: _twilio.TwilioEvent) -> bool:
+    def dispatch_twilio(self, event: _twilio.TwilioEvent) -> bool:
         """Handle a non-media Twilio event after ``start``; True when the call is over."""
         if isinstance(event, _twilio.Mark):
             self.apply_status(self.ledger.twilio_mark(event.name))
@@ -610,8 +610,7 @@ class _Call:
                 await self.twilio.send(_twilio.mark_message(stream_sid, action.name))
             elif type(action) is SendClear:
                 await self.twilio.send(_twilio.clear_message(stream_sid))
-            elif type(action) is SendStatus:  # only twilio_mark yields these
-                self.put_control(_speakr.status_message(action.session_id, action.sequence_id))
+            # SendStatus comes only from twilio_mark(): see apply_status().
 
     async def flush_downlink(self) -> None:
         """Play the resampler's held-back tail now, as if silence followed (at ``end``).

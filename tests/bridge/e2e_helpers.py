@@ -12,7 +12,7 @@ import trio
 from bridge._config import Config
 from bridge._server import serve_in_process
 from bridge.app import BridgeState, create_app
-from bridge.emulators import SpeakrAgentServer
+from bridge.emulators import CallRecord, SpeakrAgentServer, TwilioCaller
 
 
 @dataclass
@@ -90,3 +90,21 @@ def best_alignment(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, float
 def snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
     noise = actual - reference
     return float(10 * np.log10(np.sum(reference**2) / max(np.sum(noise**2), 1e-9)))
+
+
+async def start_pair(
+    nursery: trio.Nursery, script: Any = None, *, agent: dict[str, Any] | None = None, **config: Any
+) -> tuple[SpeakrAgentServer, RunningBridge]:
+    """An agent emulator (``script``, ``agent`` options) and a bridge pointed at it (``config``)."""
+    server = await start_agent(nursery, script, **(agent or {}))
+    return server, await start_bridge(nursery, speakr_ws_url=server.url, **config)
+
+
+async def agent_led_call(
+    nursery: trio.Nursery, script: Any, *, speed: float, limit_s: float, **config: Any
+) -> tuple[CallRecord, SpeakrAgentServer, RunningBridge]:
+    """One silent caller through a fresh bridge to an agent running ``script``, until the bridge hangs up."""
+    agent, bridge = await start_pair(nursery, script, **config)
+    with trio.fail_after(limit_s):
+        record = await TwilioCaller(stream_url=bridge.stream_url, speed=speed).run()
+    return record, agent, bridge

@@ -11,7 +11,16 @@ import math
 
 import numpy as np
 import trio
-from e2e_helpers import best_alignment, pcm, snr_db, speechlike, start_agent, start_bridge
+from e2e_helpers import (
+    agent_led_call,
+    best_alignment,
+    pcm,
+    snr_db,
+    speechlike,
+    start_agent,
+    start_bridge,
+    start_pair,
+)
 
 import codec
 from bridge.emulators import TwilioCaller
@@ -52,8 +61,7 @@ def heard_speech(record) -> np.ndarray:
 
 
 async def test_uplink_is_sample_exact_in_512_byte_frames(nursery):
-    agent = await start_agent(nursery)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
+    agent, bridge = await start_pair(nursery)
     audio = speechlike(2.0, 8000, seed=11)
     caller = TwilioCaller(stream_url=bridge.stream_url, audio=audio, speed=SPEED, hangup_after_s=2.5)
     with trio.fail_after(LIMIT_S):
@@ -105,11 +113,7 @@ async def test_downlink_matches_ideal_reference_across_irregular_odd_messages(nu
         await session.wait_statuses(len(sent))
         await session.end()
 
-    agent = await start_agent(nursery, script)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
-    caller = TwilioCaller(stream_url=bridge.stream_url, speed=SPEED)
-    with trio.fail_after(LIMIT_S):
-        record = await caller.run()
+    record, agent, bridge = await agent_led_call(nursery, script, speed=SPEED, limit_s=LIMIT_S)
     assert record.outcome == "bridge_closed" and record.close_code == 1000
     ideal = ideal_8k(audio24)
     # Every output sample arrived exactly once: 16000 for 48000 in (the filter tail is flushed at end).
@@ -132,12 +136,8 @@ async def test_marks_become_statuses_only_for_played_audio_with_ids_unchanged(nu
         await session.wait_statuses(len(sent))
         await session.end()
 
-    agent = await start_agent(nursery, script)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
-    caller = TwilioCaller(stream_url=bridge.stream_url, speed=SPEED)
-    with trio.fail_after(LIMIT_S):
-        record = await caller.run()
-        session = await agent.wait_for_session(1)
+    record, agent, bridge = await agent_led_call(nursery, script, speed=SPEED, limit_s=LIMIT_S)
+    session = agent.sessions[0]
     ids = [(s.session_id, s.sequence_id) for s in session.statuses]
     assert ids == [("sess-42", 7 + i) for i in range(10)]  # in order, JSON types kept
     assert all(type(seq) is int for _, seq in ids)
@@ -164,11 +164,7 @@ async def test_pause_then_continue_resumes_within_one_mark_interval_and_loses_no
         await session.wait_statuses(len(sent))
         await session.end()
 
-    agent = await start_agent(nursery, script)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
-    caller = TwilioCaller(stream_url=bridge.stream_url, speed=SPEED)
-    with trio.fail_after(LIMIT_S):
-        record = await caller.run()
+    record, agent, bridge = await agent_led_call(nursery, script, speed=SPEED, limit_s=LIMIT_S)
     assert record.counters.clears_received == 1
     await bridge.wait_idle()
     ideal = ideal_8k(answer)
@@ -206,12 +202,8 @@ async def test_pause_then_clear_plays_nothing_more_of_the_old_answer(nursery):
         await session.wait_until(lambda: any(s.sequence_id == sent[-1][1] for s in session.statuses))
         await session.end()
 
-    agent = await start_agent(nursery, script)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
-    caller = TwilioCaller(stream_url=bridge.stream_url, speed=SPEED)
-    with trio.fail_after(LIMIT_S):
-        record = await caller.run()
-        session = await agent.wait_for_session(1)
+    record, agent, bridge = await agent_led_call(nursery, script, speed=SPEED, limit_s=LIMIT_S)
+    session = agent.sessions[0]
     heard = heard_speech(record)
     gap_start, gap_end = zero_runs(heard, 400)[0]
     after = heard[gap_end:]
@@ -238,10 +230,7 @@ async def test_continue_without_pause_is_ignored(nursery):
         await session.wait_statuses(len(sent))
         await session.end()
 
-    agent = await start_agent(nursery, script)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
-    with trio.fail_after(LIMIT_S):
-        record = await TwilioCaller(stream_url=bridge.stream_url, speed=SPEED).run()
+    record, agent, bridge = await agent_led_call(nursery, script, speed=SPEED, limit_s=LIMIT_S)
     assert record.counters.clears_received == 0
     assert record.counters.bytes_received == len(answer) // 6
 
@@ -256,10 +245,8 @@ async def test_agent_end_plays_out_then_closes_the_stream(nursery):
         await session.send_media(answer, chunk_bytes=24000)
         await session.end()  # at once: the bridge must let the audio already sent finish first
 
-    agent = await start_agent(nursery, script)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
+    record, agent, bridge = await agent_led_call(nursery, script, speed=SPEED, limit_s=LIMIT_S)
     with trio.fail_after(LIMIT_S):
-        record = await TwilioCaller(stream_url=bridge.stream_url, speed=SPEED).run()
         session = await agent.wait_for_session(1)
         await session.closed.wait()
     assert record.outcome == "bridge_closed" and record.close_code == 1000
@@ -279,10 +266,7 @@ async def test_agent_drop_closes_the_twilio_stream_within_a_second(nursery):
         dropped_at.append(trio.current_time())
         await session.drop()
 
-    agent = await start_agent(nursery, script)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
-    with trio.fail_after(LIMIT_S):
-        record = await TwilioCaller(stream_url=bridge.stream_url, speed=SPEED).run()
+    record, agent, bridge = await agent_led_call(nursery, script, speed=SPEED, limit_s=LIMIT_S)
     assert record.outcome == "bridge_closed"
     closed = record.events_of("closed")[-1]
     assert closed.wall_s - dropped_at[0] < 1.0
@@ -292,8 +276,7 @@ async def test_agent_drop_closes_the_twilio_stream_within_a_second(nursery):
 
 
 async def test_caller_drop_closes_speakr_with_1000_within_a_second(nursery):
-    agent = await start_agent(nursery)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
+    agent, bridge = await start_pair(nursery)
     audio = speechlike(2.0, 8000, seed=42)
     caller = TwilioCaller(stream_url=bridge.stream_url, audio=audio, speed=SPEED, drop_after_s=1.0)
     with trio.fail_after(LIMIT_S):
@@ -370,8 +353,7 @@ GARBAGE_FROM_TWILIO = [
 
 
 async def test_hostile_twilio_input_never_ends_the_call_or_the_server(nursery):
-    agent = await start_agent(nursery)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
+    agent, bridge = await start_pair(nursery)
     audio = speechlike(2.0, 8000, seed=51)
     injections = [(0.1 + 0.1 * i, frame) for i, frame in enumerate(GARBAGE_FROM_TWILIO)]
     caller = TwilioCaller(
@@ -414,10 +396,7 @@ async def test_hostile_agent_input_never_ends_the_call(nursery):
         await session.wait_statuses(len(sent))
         await session.end()
 
-    agent = await start_agent(nursery, script)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
-    with trio.fail_after(LIMIT_S):
-        record = await TwilioCaller(stream_url=bridge.stream_url, speed=SPEED).run()
+    record, agent, bridge = await agent_led_call(nursery, script, speed=SPEED, limit_s=LIMIT_S)
     assert record.outcome == "bridge_closed" and record.close_code == 1000
     await bridge.wait_idle()
     assert record.counters.bytes_received == len(good) // 6
@@ -440,8 +419,7 @@ def _samples(bridge, name: str) -> dict[str, float]:
 
 
 async def test_many_concurrent_calls_stay_isolated_even_when_one_misbehaves(nursery):
-    agent = await start_agent(nursery)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
+    agent, bridge = await start_pair(nursery)
     calls = 8
     audios = [speechlike(1.5, 8000, seed=100 + i) for i in range(calls)]
     records: dict[int, object] = {}
@@ -490,8 +468,7 @@ async def test_caller_audio_arriving_seconds_late_is_dropped_not_forwarded(nurse
 
     from bridge import _twilio
 
-    agent = await start_agent(nursery)
-    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
+    agent, bridge = await start_pair(nursery)
     ids = {"stream_sid": "MZ" + "1" * 32, "call_sid": "CA" + "2" * 32, "account_sid": "AC" + "3" * 32}
     live = codec.ulaw_encode(speechlike(0.64, 8000, seed=61))
     stale = bytes([0x7F]) * 160 * 25  # 0.5 s of a distinct code: it must never reach the agent

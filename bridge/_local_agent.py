@@ -2,11 +2,9 @@
 
 Theory of operation
 -------------------
-:class:`LocalAgentServer` listens with ``trio.serve_listeners`` and wraps each TCP stream with
-trio-websocket's ``wrap_server_stream`` itself, so each connection runs inside a containment boundary:
-whatever one connection does (garbage HTTP, a TCP reset, an error of ours) is logged and counted, and the
-server and its other sessions go on (trio-websocket's own server lets a connection's error escape into the
-server's nursery; STACK-NOTES).
+:class:`LocalAgentServer` is a :class:`~bridge._loopback.LoopbackWebSocketServer`, so each connection runs
+inside a containment boundary: whatever one connection does (garbage HTTP, a TCP reset, an error of ours) is
+logged and counted, and the server and its other sessions go on.
 
 Each connection is one session, two tasks in one nursery, sharing the session's state (one Trio thread: no
 locks):
@@ -53,6 +51,7 @@ import trio_websocket
 import codec
 from bridge import _speakr
 from bridge._errors import SpeakrProtocolError, short_repr
+from bridge._loopback import LoopbackWebSocketServer
 from bridge._vad import (
     SAMPLE_RATE,
     BackChannel,
@@ -518,7 +517,7 @@ def _is_start_frame(data: str | bytes) -> bool:
     return type(frame) is dict and (frame.get("type") or frame.get("event")) == "start"
 
 
-class LocalAgentServer:
+class LocalAgentServer(LoopbackWebSocketServer):
     """The built-in echo agent: a Speakr-protocol WebSocket server that says back what the caller said.
 
     Used when ``SPEAKR_WS_URL`` is unset (``serve``, ``demo``) and by ``speakr-bridge agent``. It greets the
@@ -550,44 +549,29 @@ class LocalAgentServer:
             raise ValueError(f"max_turns must be a positive int or None, got {max_turns!r}")
         if not 0 <= status_grace_s <= 600:
             raise ValueError(f"status_grace_s must be between 0 and 600, got {status_grace_s!r}")
-        self.host = host
+        super().__init__(
+            host=host, port=port, max_message_size=MAX_MESSAGE_BYTES, handshake_timeout_s=HANDSHAKE_TIMEOUT_S
+        )
         self.speech_pace = speech_pace
         self.max_turns = max_turns
         self.greeting = greeting
         self.status_grace_s = status_grace_s
         self.active_sessions: dict[int, SessionStats] = {}
         self.recent_sessions: deque[SessionStats] = deque(maxlen=RECENT_SESSIONS)
-        self.connections = 0
-        self.contained_errors = 0
-        self._requested_port = port
-        self._port: int | None = None
         self._ended = 0
         self._session_ended = trio.Event()
 
     @property
-    def port(self) -> int:
-        """The port listened on (once :meth:`serve` has started)."""
-        if self._port is None:
-            raise RuntimeError("the local agent is not serving yet")
-        return self._port
-
-    @property
     def url(self) -> str:
         """The agent's WebSocket URL, e.g. ``ws://127.0.0.1:PORT/``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}/"
+        return self.url_for("/")
 
     async def serve(
         self, *, task_status: trio.TaskStatus[LocalAgentServer] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serves until cancelled. ``await nursery.start(agent.serve)`` returns once it is listening."""
         greeting_pcm()  # a packaging error shows now, not in the first call
-        listeners = await trio.open_tcp_listeners(self._requested_port, host=self.host)
-        self._port = listeners[0].socket.getsockname()[1]
-        log.info("local echo agent listening on %s", self.url)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._handle_stream, listeners)
-            task_status.started(self)
+        await super().serve(task_status=task_status)
 
     async def wait_sessions_ended(self, count: int = 1) -> SessionStats:
         """Waits until ``count`` sessions in all have ended; returns the latest one to end."""
@@ -595,34 +579,26 @@ class LocalAgentServer:
             await self._session_ended.wait()
         return self.recent_sessions[-1]
 
-    async def _handle_stream(self, stream: trio.SocketStream) -> None:
-        """One TCP connection, contained: nothing it does can end the server."""
-        index = self.connections
-        self.connections += 1
+    async def handle(self, index: int, request: trio_websocket.WebSocketRequest | None) -> None:
+        """One connection (contained by the base class: nothing it does can end the server)."""
         stats = SessionStats(index=index, connected_s=trio.current_time())
         self.active_sessions[index] = stats
         try:
-            async with trio.open_nursery() as nursery:
-                ws = None
+            ws = None
+            if request is not None:
                 with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-                    request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, max_message_size=MAX_MESSAGE_BYTES
-                    )
                     ws = await request.accept()
-                if ws is None:
-                    stats.close_reason = "no handshake"
-                else:
-                    await _Session(ws, stats, self).run()
-                    with trio.move_on_after(CLOSE_TIMEOUT_S):
-                        await ws.aclose()
-                nursery.cancel_scope.cancel()
+            if ws is None:
+                stats.close_reason = "no handshake"
+            else:
+                await _Session(ws, stats, self).run()
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await ws.aclose()
         except trio_websocket.ConnectionClosed as exc:  # during the upgrade
             stats.close_reason = stats.close_reason or f"closed during handshake ({exc.reason})"
-        except Exception as exc:  # noqa: BLE001 -- the containment boundary of one connection (module doc)
-            self.contained_errors += 1
+        except Exception as exc:
             stats.close_reason = stats.close_reason or f"error: {type(exc).__name__}"
-            log.warning("agent %s: session failed, contained: %r", stats.session_id or f"conn-{index}", exc,
-                        exc_info=True)
+            raise
         finally:
             stats.closed_s = trio.current_time()
             del self.active_sessions[index]
@@ -630,7 +606,10 @@ class LocalAgentServer:
             self._ended += 1
             self._session_ended.set()
             self._session_ended = trio.Event()
-            await trio.aclose_forcefully(stream)
+
+    def contained(self, exc: Exception) -> None:
+        super().contained(exc)
+        log.warning("agent: session failed, contained: %r", exc, exc_info=exc)
 
 
 async def run_agent(

@@ -2,11 +2,9 @@
 
 Theory of operation
 -------------------
-:class:`SpeakrAgentServer` listens with ``trio.serve_listeners`` and wraps each TCP stream with
-trio-websocket's ``wrap_server_stream`` itself, so every connection runs inside a containment boundary of
-ours: whatever one connection does (garbage HTTP, a TCP reset, a failing script), it is recorded on its
-:class:`AgentSession` and the server goes on (trio-websocket's own ``WebSocketServer`` lets a reader-task
-error escape into the server's nursery, see STACK-NOTES).
+:class:`SpeakrAgentServer` is a :class:`~bridge._loopback.LoopbackWebSocketServer`: every
+connection runs inside a containment boundary, so whatever one connection does (garbage HTTP, a TCP reset, a
+failing script) is recorded on its :class:`AgentSession` and the server goes on.
 
 Each connection is one :class:`AgentSession` with two tasks in one nursery. The receiver records every message
 from the bridge (``start`` params, audio frames, statuses, protocol errors) and, when the socket closes,
@@ -34,6 +32,7 @@ import trio_websocket
 
 from bridge import _speakr
 from bridge._errors import SpeakrProtocolError
+from bridge._loopback import LoopbackWebSocketServer
 
 __all__ = [
     "AgentEvent",
@@ -401,7 +400,7 @@ class AgentSession:
             nursery.start_soon(self._lifecycle, server)
 
 
-class SpeakrAgentServer:
+class SpeakrAgentServer(LoopbackWebSocketServer):
     """A Speakr-protocol WebSocket server on loopback, one :class:`AgentSession` per connection.
 
     Args:
@@ -414,6 +413,8 @@ class SpeakrAgentServer:
         reject_status: fault: refuse every WebSocket upgrade with this HTTP status (e.g. 401, 503).
         handshake_timeout_s: a connection that does not finish its upgrade by then is dropped.
     """
+
+    kind = "Speakr agent emulator"
 
     def __init__(
         self,
@@ -429,42 +430,25 @@ class SpeakrAgentServer:
     ) -> None:
         if ready_delay_s < 0:
             raise ValueError(f"ready_delay_s must be >= 0, got {ready_delay_s!r}")
+        super().__init__(
+            host=host,
+            port=port,
+            max_message_size=WS_MAX_MESSAGE_BYTES,
+            handshake_timeout_s=handshake_timeout_s,
+        )
         self.script = script
-        self.host = host
         self.ready_delay_s = ready_delay_s
         self.send_initial = send_initial
         self.send_ready = send_ready
         self.reject_status = reject_status
-        self.handshake_timeout_s = handshake_timeout_s
         self.sessions: list[AgentSession] = []
         self.failed_handshakes = 0
-        self.contained_errors: list[str] = []  # connection errors kept out of the server, as repr text
-        self._requested_port = port
-        self._port: int | None = None
         self._sessions_changed = trio.Event()
-
-    @property
-    def port(self) -> int:
-        """The port listened on (after :meth:`serve` has started)."""
-        if self._port is None:
-            raise RuntimeError("the agent server is not serving yet")
-        return self._port
 
     @property
     def url(self) -> str:
         """The agent's WebSocket URL, e.g. ``ws://127.0.0.1:PORT/speakr``."""
-        return f"ws://{self.host}:{self.port}/speakr"
-
-    async def serve(
-        self, *, task_status: trio.TaskStatus[SpeakrAgentServer] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serves until cancelled. Use ``await nursery.start(server.serve)``: it returns once listening."""
-        listeners = await trio.open_tcp_listeners(self._requested_port, host=self.host)
-        self._port = listeners[0].socket.getsockname()[1]
-        log.info("agent emulator listening on %s", self.url)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._handle_stream, listeners)
-            task_status.started(self)
+        return self.url_for("/speakr")
 
     async def wait_for_session(self, n: int = 1) -> AgentSession:
         """Waits until ``n`` connections have arrived; returns the ``n``-th (1-based)."""
@@ -474,35 +458,22 @@ class SpeakrAgentServer:
             await self._sessions_changed.wait()
         return self.sessions[n - 1]
 
-    async def _handle_stream(self, stream: trio.SocketStream) -> None:
-        """One TCP connection, contained: nothing it does can end the server."""
-        session: AgentSession | None = None
+    async def handle(self, index: int, request: trio_websocket.WebSocketRequest | None) -> None:
+        if request is None:
+            self.failed_handshakes += 1
+            return
+        session = AgentSession(len(self.sessions), request.path)
+        self.sessions.append(session)
+        self._sessions_changed.set()
+        self._sessions_changed = trio.Event()
         try:
-            async with trio.open_nursery() as nursery:
-                request = None
-                with trio.move_on_after(self.handshake_timeout_s):
-                    request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, max_message_size=WS_MAX_MESSAGE_BYTES
-                    )
-                if request is None:
-                    self.failed_handshakes += 1
-                else:
-                    session = AgentSession(len(self.sessions), request.path)
-                    self.sessions.append(session)
-                    self._sessions_changed.set()
-                    self._sessions_changed = trio.Event()
-                    await self._serve_session(request, session)
-                nursery.cancel_scope.cancel()
-        except Exception as exc:  # noqa: BLE001 -- the containment boundary of one connection (see module doc)
-            self.contained_errors.append(repr(exc))
-            if session is not None:
-                session.errors.append(repr(exc))
-            log.debug("agent emulator: connection error contained: %r", exc)
+            await self._serve_session(request, session)
+        except Exception as exc:
+            session.errors.append(repr(exc))
+            raise
         finally:
-            if session is not None:
-                session.closed.set()
-                session._notify()
-            await trio.aclose_forcefully(stream)
+            session.closed.set()
+            session._notify()
 
     async def _serve_session(self, request: trio_websocket.WebSocketRequest, session: AgentSession) -> None:
         if self.reject_status is not None:

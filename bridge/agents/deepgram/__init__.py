@@ -8,6 +8,17 @@
 
 from __future__ import annotations
 
+from bridge.agents.deepgram._emulator import (
+    DEFAULT_API_KEY,
+    Answer,
+    DeepgramAgentServer,
+    DeepgramSession,
+    ReceivedAudio,
+    SessionClosed,
+    SessionEvent,
+    Turn,
+    speech_like_pcm,
+)
 from bridge.agents.deepgram._wire import (
     CONTAINER,
     DEFAULT_LISTEN_MODEL,
@@ -75,6 +86,15 @@ from bridge.agents.deepgram._wire import (
 )
 
 __all__ = [
+    "DEFAULT_API_KEY",
+    "Answer",
+    "DeepgramAgentServer",
+    "DeepgramSession",
+    "ReceivedAudio",
+    "SessionClosed",
+    "SessionEvent",
+    "Turn",
+    "speech_like_pcm",
     "CONTAINER",
     "DEFAULT_LISTEN_MODEL",
     "DEFAULT_MAX_AUDIO_BYTES",

@@ -7,12 +7,16 @@ reports); the client messages are what the bridge sends and what the service ref
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from bridge._errors import DeepgramProtocolError
+from bridge._errors import PROTOCOL_ERROR_KINDS, DeepgramProtocolError
 from bridge.agents import deepgram as dg
 
 # ---------------------------------------------------------------------------------------------- bridge side
@@ -379,3 +383,196 @@ def test_hostile_client_messages_raise_typed_errors(data: str, kind: str) -> Non
     with pytest.raises(DeepgramProtocolError) as info:
         dg.parse_client_message(data)
     assert info.value.kind == kind
+
+
+# ------------------------------------------------------------------------------------------------ fuzzing
+#
+# Whatever arrives, each parser returns an event of its end or raises DeepgramProtocolError with a known kind.
+# Derandomized, bounded by max_examples; each example carries BATCH inputs (hypothesis's bookkeeping dominates
+# the cost, batching gives more inputs for the same time). Inputs per run: parse_event 2,000 arbitrary +
+# 1,000 one-broken-field; parse_client_message 2,000 arbitrary + 1,000 one-broken-field (Settings mostly);
+# 300 builder round trips (6,300 in all).
+
+BATCH = 4
+FRAMES = 500
+FOCUSED = 250
+ROUND_TRIPS = 300
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+    | st.sampled_from(["", "user", "assistant", "Settings", "KeepAlive", "8000", "x" * 300])
+)
+json_values = (
+    json_scalars
+    | st.lists(json_scalars, max_size=3)
+    | st.dictionaries(st.text(max_size=8), json_scalars, max_size=3)
+)
+any_text = st.text(st.characters(), max_size=100) | st.builds(
+    lambda a, b: a + "\ud800" + b, st.text(max_size=20), st.text(max_size=20)
+)
+huge_strings = st.builds(
+    lambda char, n: char * n, st.sampled_from(["A", "{", "[", "é", "\x00", '"']), st.integers(0, 300_000)
+)
+SERVER_TEMPLATES = [text for text, _ in RECORDED_SERVER] + [
+    dg.history_message("user", "h"),
+    '{"type":"History","function_calls":[{"id":"1","name":"f","client_side":true,"arguments":"{}","response":"r"}]}',
+]
+CLIENT_TEMPLATES = [
+    SETTINGS_TEXT := dg.settings_message(dg.AgentSettings("p", greeting="g")),
+    _settings(agent__speak=[{"provider": {"type": "deepgram", "model": "m"}}, {"provider": {"type": "x"}}]),
+    dg.keep_alive_message(),
+    dg.function_call_response_message("fc", "end_call", "ok"),
+    dg.inject_user_message("5"),
+    '{"type":"InjectAgentMessage","message":"m","behavior":"queue"}',
+    '{"type":"UpdatePrompt","prompt":"p"}',
+    '{"type":"UpdateSpeak","speak":{"provider":{"type":"deepgram","model":"m"}}}',
+]
+SERVER_EVENTS = (
+    dg.Welcome,
+    dg.SettingsApplied,
+    dg.ConversationText,
+    dg.UserStartedSpeaking,
+    dg.AgentThinking,
+    dg.AgentStartedSpeaking,
+    dg.AgentAudioDone,
+    dg.FunctionCallRequest,
+    dg.FunctionCallResponse,
+    dg.AgentWarning,
+    dg.AgentError,
+    dg.History,
+    dg.PromptUpdated,
+    dg.SpeakUpdated,
+    dg.InjectionRefused,
+    dg.Unknown,
+    dg.AgentAudio,
+)
+CLIENT_MESSAGES = (
+    dg.SettingsRequest,
+    dg.KeepAlive,
+    dg.FunctionCallResponse,
+    dg.InjectUserMessage,
+    dg.InjectAgentMessage,
+    dg.UpdatePrompt,
+    dg.UpdateSpeak,
+    dg.CallerAudio,
+)
+
+
+def fuzz_settings(max_examples: int) -> settings:
+    return settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found: list[tuple[Any, ...]] = []
+    items: Any = (
+        value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    )
+    for key, child in items:
+        found.append((*prefix, key))
+        found.extend(_paths(child, (*prefix, key)))
+    return found
+
+
+@st.composite
+def mutated(draw: st.DrawFn, templates: list[str]) -> str:
+    """A valid message with one field (at any depth) replaced by any JSON value, or removed."""
+    message = orjson.loads(draw(st.sampled_from(templates)))
+    path = draw(st.sampled_from(_paths(message)))
+    parent = message
+    for key in path[:-1]:
+        parent = parent[key]
+    if draw(st.booleans()):
+        parent[path[-1]] = draw(json_values)
+    else:
+        del parent[path[-1]]
+    return orjson.dumps(message).decode()
+
+
+@st.composite
+def truncated(draw: st.DrawFn, templates: list[str]) -> str:
+    text = draw(st.sampled_from(templates))
+    return text[: draw(st.integers(0, len(text)))]
+
+
+def frames(templates: list[str]) -> st.SearchStrategy[str | bytes]:
+    return st.one_of(
+        mutated(templates),
+        truncated(templates),
+        any_text,
+        st.binary(max_size=300),
+        json_values.map(lambda v: orjson.dumps(v).decode()),
+        st.dictionaries(
+            st.sampled_from(["type", "role", "content", "functions", "audio", "agent", "code"]), json_values
+        ).map(lambda v: orjson.dumps(v).decode()),
+        huge_strings,
+    )
+
+
+def batch(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[list[Any]]:
+    return st.lists(strategy, min_size=BATCH, max_size=BATCH)
+
+
+def check(parse: Callable[[Any], object], data: str | bytes, events: tuple[type, ...]) -> None:
+    try:
+        event = parse(data)
+    except DeepgramProtocolError as exc:
+        assert exc.kind in PROTOCOL_ERROR_KINDS
+        assert len(str(exc)) < 400
+        return
+    assert isinstance(event, events)
+    repr(event)  # never raises
+    if isinstance(event, dg.SettingsRequest):  # a Settings that passes carries integers where they belong
+        assert type(event.input.sample_rate) is int and type(event.output.sample_rate) is int
+
+
+@fuzz_settings(FRAMES)
+@given(batch(frames(SERVER_TEMPLATES)))
+def test_parse_event_never_raises_anything_else(inputs: list[str | bytes]) -> None:
+    for data in inputs:
+        check(dg.parse_event, data, SERVER_EVENTS)
+
+
+@fuzz_settings(FOCUSED)
+@given(batch(mutated(SERVER_TEMPLATES)))
+def test_parse_event_on_one_broken_field(inputs: list[str]) -> None:
+    for data in inputs:
+        check(dg.parse_event, data, SERVER_EVENTS)
+
+
+@fuzz_settings(FRAMES)
+@given(batch(frames(CLIENT_TEMPLATES)))
+def test_parse_client_message_never_raises_anything_else(inputs: list[str | bytes]) -> None:
+    for data in inputs:
+        check(dg.parse_client_message, data, CLIENT_MESSAGES)
+
+
+@fuzz_settings(FOCUSED)
+@given(batch(mutated(CLIENT_TEMPLATES[:2] + [SETTINGS_TEXT])))
+def test_settings_with_one_broken_field_pass_or_raise_a_kind(inputs: list[str]) -> None:
+    for data in inputs:
+        check(dg.parse_client_message, data, CLIENT_MESSAGES)
+
+
+@fuzz_settings(ROUND_TRIPS)
+@given(st.text(max_size=200), st.text(max_size=50), st.booleans(), st.floats(0, 1e6))
+def test_builders_round_trip_any_text(content: str, code: str, client_side: bool, latency: float) -> None:
+    assert dg.parse_event(dg.conversation_text_message("assistant", content)) == dg.ConversationText(
+        "assistant", content
+    )
+    assert dg.parse_event(dg.error_message(content, code)) == dg.AgentError(content, code)
+    call = dg.FunctionCall(code, content, "{}", client_side)
+    assert dg.parse_event(dg.function_call_request_message([call])) == dg.FunctionCallRequest((call,))
+    started = dg.parse_event(dg.agent_started_speaking_message(latency, latency, 0))
+    assert started == dg.AgentStartedSpeaking(latency, latency, 0.0)
+    assert dg.parse_client_message(dg.inject_user_message(content)) == dg.InjectUserMessage(content)
+    assert re.fullmatch(r"[a-z0-9_]{1,32}", dg.AgentWarning("", code).kind)

@@ -46,6 +46,7 @@ import trio_websocket
 import codec
 from bridge._errors import DeepgramProtocolError
 from bridge._loopback import LoopbackWebSocketServer, header
+from bridge.agents.deepgram import _client_wire as client_wire
 from bridge.agents.deepgram import _wire as wire
 
 __all__ = [
@@ -214,7 +215,7 @@ class DeepgramSession:
         self.index = index
         self.path = path
         self.request_id = str(uuid.uuid4())
-        self.settings: wire.SettingsRequest | None = None
+        self.settings: client_wire.SettingsRequest | None = None
         self.settings_applied = False
         self.audio_frames: list[ReceivedAudio] = []
         self.audio_before_settings_applied = 0
@@ -285,7 +286,7 @@ class DeepgramSession:
                 raise SessionClosed(f"session {self.index} closed before {what}")
             await self._changed.wait()
 
-    async def wait_settings_applied(self) -> wire.SettingsRequest:
+    async def wait_settings_applied(self) -> client_wire.SettingsRequest:
         """Waits until ``SettingsApplied`` was sent; returns the settings."""
         await self.wait_until(lambda: self.settings_applied, "SettingsApplied")
         assert self.settings is not None
@@ -512,13 +513,13 @@ class DeepgramSession:
         now = trio.current_time()
         self._last_message = now
         try:
-            msg = wire.parse_client_message(data)
+            msg = client_wire.parse_client_message(data)
         except DeepgramProtocolError as exc:
             self.protocol_errors[exc.kind] = self.protocol_errors.get(exc.kind, 0) + 1
             self.events.append(SessionEvent("bad_message", now, exc.kind))
             log.debug("deepgram session %d: unparsable (%s): %s", self.index, exc.kind, exc.detail)
             return [("unparsable", exc.detail)]
-        if isinstance(msg, wire.CallerAudio):
+        if isinstance(msg, client_wire.CallerAudio):
             self.audio_frames.append(ReceivedAudio(now, len(msg.audio)))
             self._audio += msg.audio
             if not self.settings_applied:
@@ -533,27 +534,27 @@ class DeepgramSession:
                 )
             samples = self._caller_samples(msg.audio)
             return [] if samples is None else [(d, "") for d in self._vad.feed(samples)]
-        if isinstance(msg, wire.SettingsRequest):
+        if isinstance(msg, client_wire.SettingsRequest):
             self.events.append(SessionEvent("Settings", now))
             if self.settings is not None:
                 return [("second_settings", "")]
             self.settings = msg
             return [("settings", "")]
-        if isinstance(msg, wire.KeepAlive):
+        if isinstance(msg, client_wire.KeepAlive):
             self.keepalives.append(now)
             self.events.append(SessionEvent("KeepAlive", now))
         elif isinstance(msg, wire.FunctionCallResponse):
             self.function_responses.append(msg)
             self.events.append(SessionEvent("FunctionCallResponse", now, msg.name))
-        elif isinstance(msg, wire.InjectUserMessage):
+        elif isinstance(msg, client_wire.InjectUserMessage):
             self.injected_user.append(msg.content)
             self.events.append(SessionEvent("InjectUserMessage", now))
             return [("inject_user", msg.content)]
-        elif isinstance(msg, wire.InjectAgentMessage):
+        elif isinstance(msg, client_wire.InjectAgentMessage):
             self.injected_agent.append(msg.message)
             self.events.append(SessionEvent("InjectAgentMessage", now))
             return [("inject_agent", msg.message)]
-        elif isinstance(msg, wire.UpdatePrompt):
+        elif isinstance(msg, client_wire.UpdatePrompt):
             self.events.append(SessionEvent("UpdatePrompt", now))
             return [("prompt_updated", "")]
         else:

@@ -464,6 +464,7 @@ class DeepgramSession:
                     await self.close(1000, UNPARSABLE)
                     return
                 elif kind == "second_settings":
+                    # The reference does not say what a second Settings gets; this code is the emulator's own.
                     await self.error(
                         "Settings were already applied to this session.", "SETTINGS_ALREADY_APPLIED"
                     )

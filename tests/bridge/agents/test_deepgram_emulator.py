@@ -169,8 +169,9 @@ async def test_welcome_then_settings_then_settings_applied() -> None:
         orjson.dumps({**orjson.loads(SETTINGS), "type": "SettingsConfiguration"}).decode(),
         '{"type":"Settings","audio":{"input":{"encoding":"mulaw","sample_rate":8000}}}',
         "{not json",
+        '{"type":"KeepAlive","pad":"' + "x" * 300_000 + '"}',
     ],
-    ids=["float-for-int", "old-format", "missing-agent", "bad-json"],
+    ids=["float-for-int", "old-format", "missing-agent", "bad-json", "too-large"],
 )
 @bounded()
 async def test_unparsable_settings_get_an_error_and_a_close(settings: str) -> None:
@@ -396,5 +397,40 @@ async def test_a_silent_session_times_out_and_keepalive_keeps_it_open() -> None:
         error = client.of(dg.AgentError)[0]
         assert error.code == "CLIENT_MESSAGE_TIMEOUT" and client.names()[-1] == "AgentError"
         assert session.closed_by == "agent"
+
+    await run(server, body)
+
+
+@bounded()
+async def test_a_script_can_speak_and_ask_for_a_server_side_function() -> None:
+    async def script(session: dg.DeepgramSession) -> None:
+        answer = await session.speak(dg.Turn(answer_text="One moment.", answer_ms=200))
+        assert answer.done and answer.sent_bytes == answer.total_bytes == 1600
+        await session.request_function("lookup", '{"q":"x"}', client_side=False)
+
+    server = dg.DeepgramAgentServer(script)
+
+    async def body(client: Client) -> None:
+        await client.start()
+        request = await client.wait_for(dg.FunctionCallRequest)
+        assert client.names()[2:] == ["ConversationText", "audio", "AgentAudioDone", "FunctionCallRequest"]
+        assert request.functions[0].client_side is False and request.functions[0].arguments == '{"q":"x"}'
+        assert len(client.audio()) == 1600 and not server.sessions[0].errors
+
+    await run(server, body)
+
+
+@bounded()
+async def test_a_second_settings_gets_an_error_but_the_session_goes_on() -> None:
+    server = dg.DeepgramAgentServer()
+
+    async def body(client: Client) -> None:
+        await client.start()
+        await client.ws.send_message(SETTINGS)
+        error = await client.wait_for(dg.AgentError)
+        assert error.code == "SETTINGS_ALREADY_APPLIED"
+        await client.ws.send_message(dg.keep_alive_message())
+        await server.sessions[0].wait_until(lambda: len(server.sessions[0].keepalives) == 1)
+        assert not client.closed.is_set()
 
     await run(server, body)

@@ -17,6 +17,7 @@ __all__ = [
     "BridgeError",
     "CallEnded",
     "ConfigError",
+    "DeepgramProtocolError",
     "ProtocolError",
     "SpeakrProtocolError",
     "TwilioProtocolError",
@@ -104,7 +105,7 @@ class ProtocolError(BridgeError):
     Attributes:
         kind: one of :data:`PROTOCOL_ERROR_KINDS`, a metric label.
         detail: a short human explanation; any echoed input is truncated.
-        peer: class attribute, ``"twilio"`` or ``"speakr"`` on the concrete subclasses.
+        peer: class attribute, ``"twilio"``, ``"speakr"``, ``"deepgram"``, ... on the concrete subclasses.
     """
 
     peer: ClassVar[str] = "peer"
@@ -132,6 +133,12 @@ class SpeakrProtocolError(ProtocolError):
     """The Speakr agent (or a client of our agent emulator) sent a message we cannot use."""
 
     peer: ClassVar[str] = "speakr"
+
+
+class DeepgramProtocolError(ProtocolError):
+    """The Deepgram Voice Agent (or a client of our Deepgram emulator) sent a message we cannot use."""
+
+    peer: ClassVar[str] = "deepgram"
 
 
 class CallEnded(BridgeError):

@@ -17,6 +17,7 @@ __all__ = [
     "BridgeError",
     "CallEnded",
     "ConfigError",
+    "OpenAIProtocolError",
     "ProtocolError",
     "SpeakrProtocolError",
     "TwilioProtocolError",
@@ -132,6 +133,12 @@ class SpeakrProtocolError(ProtocolError):
     """The Speakr agent (or a client of our agent emulator) sent a message we cannot use."""
 
     peer: ClassVar[str] = "speakr"
+
+
+class OpenAIProtocolError(ProtocolError):
+    """OpenAI Realtime (or a client of our OpenAI emulator) sent a message we cannot use."""
+
+    peer: ClassVar[str] = "openai"
 
 
 class CallEnded(BridgeError):

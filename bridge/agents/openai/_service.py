@@ -25,6 +25,7 @@ from bridge.agents.openai._wire import (
     FORMAT_PCM,
     FORMAT_PCMA,
     FORMAT_PCMU,
+    MAX_TYPE_CHARS,
     PCM_RATE,
     Unknown,
     _audio,
@@ -174,7 +175,7 @@ def parse_client_event(
         return AppendAudio(_audio(msg.get("audio", _MISSING), "audio", max_audio_bytes))
     parser = _CLIENT_PARSERS.get(kind)
     if parser is None:
-        return Unknown(kind)
+        return Unknown(kind[:MAX_TYPE_CHARS])
     return parser(msg)
 
 

@@ -40,6 +40,8 @@ __all__ = [
     "FORMAT_PCM",
     "FORMAT_PCMA",
     "FORMAT_PCMU",
+    "MAX_ERROR_MESSAGE_CHARS",
+    "MAX_TYPE_CHARS",
     "PCM_RATE",
     "AudioDelta",
     "AudioDone",
@@ -95,6 +97,11 @@ END_CALL_TOOL: Final[Mapping[str, Any]] = {
         "required": [],
     },
 }
+
+#: An unknown event's type is kept to this many characters (it ends up in a log line).
+MAX_TYPE_CHARS: Final = 80
+#: An error event's message is kept to this many characters (the service's are one sentence).
+MAX_ERROR_MESSAGE_CHARS: Final = 500
 
 # Bound once: appends run 50 times a second per call, deltas as often.
 _loads = orjson.loads
@@ -413,7 +420,7 @@ def parse_server_event(
     kind = _type(msg)
     parser = _SERVER_PARSERS.get(kind)
     if parser is None:
-        return Unknown(kind)
+        return Unknown(kind[:MAX_TYPE_CHARS])
     return parser(msg)
 
 
@@ -537,7 +544,7 @@ def _parse_error(msg: dict[str, Any]) -> ErrorEvent:
     return ErrorEvent(
         kind,
         code,
-        _str(error, "message", "error.message", ""),
+        _str(error, "message", "error.message", "")[:MAX_ERROR_MESSAGE_CHARS],
         _opt_str(error, "param", "error.param"),
         _label(code) or _label(kind) or "error",
     )

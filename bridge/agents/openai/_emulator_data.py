@@ -94,12 +94,12 @@ class SentResponse:
     output_format: str
     started_wall_s: float
     status: str = "in_progress"
-    audio: bytearray = field(default_factory=bytearray)
+    audio: bytearray = field(default_factory=bytearray, repr=False)
     deltas: int = 0
     call_id: str | None = None
     done_wall_s: float | None = None
     cancel_requested: bool = False
-    wake: trio.Event = field(default_factory=trio.Event)
+    wake: trio.Event = field(default_factory=trio.Event, repr=False)
 
     @property
     def audio_ms(self) -> float:

@@ -12,13 +12,11 @@ nursery:
 
 - the receiver parses every client event with :mod:`bridge.agents.openai._service`, records it, and answers
   what the service answers at once: ``session.updated`` (or the ``error`` a GA session gives, beta names
-  included), ``conversation.item.truncated``, errors for bad or unknown events. It also runs the server VAD:
-  appended audio is decoded (``codec.ulaw_decode`` for ``audio/pcmu``) and cut in 20 ms frames; a frame is
-  voiced when its level is above ``vad_threshold_dbfs``. ``vad_start_ms`` of voiced audio sends
-  ``input_audio_buffer.speech_started`` (``audio_start_ms`` = onset minus the session's
-  ``prefix_padding_ms``) and cancels the response in progress, as server VAD does; ``silence_duration_ms``
-  of unvoiced audio sends ``speech_stopped``, ``committed``, the scripted transcription and starts a
-  response. All times are input-audio times (bytes appended), never wall-clock.
+  included), ``conversation.item.truncated``, errors for bad or unknown events. It also runs the server VAD
+  (:class:`~bridge.agents.openai._emulator_vad.EnergyVad` on the decoded input, in input-audio time, never
+  wall-clock): a start sends ``input_audio_buffer.speech_started`` (``audio_start_ms`` = onset minus the
+  session's ``prefix_padding_ms``) and cancels the response in progress, as server VAD does; a stop sends
+  ``speech_stopped``, ``committed``, the scripted transcription and starts a response.
 - a response task per response sends the scripted :class:`Turn`: ``response.created``, the audio as
   ``response.output_audio.delta`` (``delta_ms`` each, as fast as the socket takes them unless ``pace_s``:
   the real service also runs ahead of real time), transcript deltas, the ``.done`` events, an ``end_call``

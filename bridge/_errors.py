@@ -18,6 +18,7 @@ __all__ = [
     "CallEnded",
     "ConfigError",
     "DeepgramProtocolError",
+    "OpenAIProtocolError",
     "ProtocolError",
     "SpeakrProtocolError",
     "TwilioProtocolError",
@@ -139,6 +140,12 @@ class DeepgramProtocolError(ProtocolError):
     """The Deepgram Voice Agent (or a client of our Deepgram emulator) sent a message we cannot use."""
 
     peer: ClassVar[str] = "deepgram"
+
+
+class OpenAIProtocolError(ProtocolError):
+    """OpenAI Realtime (or a client of our OpenAI emulator) sent a message we cannot use."""
+
+    peer: ClassVar[str] = "openai"
 
 
 class CallEnded(BridgeError):

@@ -422,15 +422,14 @@ class PlaybackLedger:
     def close_segment(self, key: Hashable, now: float) -> list[Action]:
         """No more audio will come for segment ``key``.
 
-        It is reported once its audio has all played (at once if it has). Closing a key that names no
-        unfinished segment opens an empty one, closed at once (a mark-only piece); closing a dead or already
-        closed segment does nothing (counted in ``ignored_closes``).
+        It is reported once its audio has all played (at once if it has). Closing a key never seen opens an
+        empty segment, closed at once (a mark-only piece); closing a segment already closed, reported or
+        cleared does nothing (counted in ``ignored_closes``).
         """
         try:
             segment = self._segments.get(key)
             if segment is None:
-                finished = self._finished.get(key)
-                if finished is not None and finished.dead:
+                if key in self._finished:
                     self._stats.ignored_closes += 1
                     return []
         except TypeError:
@@ -638,7 +637,7 @@ class PlaybackLedger:
             return
         del self._active[segment]
         played_ms = segment.played_bytes * 1000 // self._bytes_per_second
-        segment.floor_ms = played_ms
+        segment.floor_ms = max(segment.floor_ms, played_ms)  # a lost segment keeps what was heard
         if not segment.lost:
             self._stats.segments_played += 1
             actions.append(SegmentPlayed(segment.key, played_ms))
@@ -667,7 +666,7 @@ class PlaybackLedger:
                 continue
             start = max(piece.sent_at + self._delay_s, self._last_played_at)
             size = len(piece.payload)
-            played = min(size, max(0, int((now - start) * self._bytes_per_second)))
+            played = min(size, max(0, round((now - start) * self._bytes_per_second)))
             return piece.segment, played
         return None
 

@@ -14,9 +14,8 @@ Segments
     (:meth:`PlaybackLedger.append`) and *closed* once none will come (:meth:`PlaybackLedger.close_segment`, or
     ``append(..., close=True)`` for a message that is a whole segment). A closed segment is never reopened:
     audio under its key starts a new segment. :class:`SegmentPlayed` is reported exactly once for a segment,
-    when it is closed *and* every byte of it has been confirmed played. A segment that never got audio
-    (empty audio for a new key, or closing a key never seen) becomes a mark-only piece, so that it too is
-    reported once everything sent before it has played.
+    when it is closed *and* every byte of it has been confirmed played. A new segment with empty audio
+    becomes a mark-only piece, so that it too is reported once everything sent before it has played.
 
 Pieces and marks
     Audio is cut into *pieces* of at most ``piece_bytes`` bytes; each piece is sent as :class:`SendMedia` +
@@ -55,10 +54,10 @@ Interruptions
     :meth:`PlaybackLedger.pause` (soft: can be resumed) and :meth:`PlaybackLedger.clear` (hard) return, after
     the :class:`SendClear`, one :class:`Interrupted` per segment not yet played in full, in the order the
     segments were opened, with the milliseconds of it the listener heard (0 if none) and, for a clear, the
-    milliseconds dropped for good. :meth:`PlaybackLedger.heard_ms` answers the same at any time; after a
-    segment is reported or cleared it keeps answering its final value (for the last :data:`FINISHED_KEYS_KEPT`
-    keys). A segment cleared while still open is *dead*: audio added to it later is dropped (``late_bytes``)
-    and closing it does nothing, so the rest of an interrupted segment never plays.
+    milliseconds dropped for good. :meth:`PlaybackLedger.heard_ms` answers the same at any time for an
+    unfinished segment, and keeps answering the final value of a cleared one (for the last
+    :data:`CLEARED_KEYS_KEPT` keys). A segment cleared while still open is *dead*: audio added to it later is
+    dropped (``late_bytes``) and closing it does nothing, so the rest of an interrupted segment never plays.
 
 States (every transition is in this module)::
 
@@ -117,9 +116,9 @@ DEFAULT_PIECE_BYTES: Final = 800
 DEFAULT_MAX_BUFFERED_BYTES: Final = 8000 * 120
 #: μ-law at 8 kHz: one byte per sample.
 DEFAULT_BYTES_PER_SECOND: Final = 8000
-#: Keys of reported or cleared segments remembered for heard_ms() and to drop late audio of a dead segment. A
-#: clear retires the segment it interrupted last, so this only has to cover the latest few answers.
-FINISHED_KEYS_KEPT: Final = 64
+#: Keys of cleared segments kept for heard_ms() and to drop late audio of a dead segment. A clear retires the
+#: segment it interrupted last, so this only has to cover the latest few interruptions.
+CLEARED_KEYS_KEPT: Final = 64
 
 
 class LedgerState(enum.Enum):
@@ -233,7 +232,7 @@ class _Segment:
         self.waiting = 0  # pieces sent, cut off or held chunks, not yet confirmed played
         self.played_bytes = 0
         self.unplayed_bytes = 0  # accepted and neither played nor dropped
-        self.floor_ms = 0  # heard at the latest pause; the final value once finished
+        self.floor_ms = 0  # heard at the latest pause; the final value once cleared
 
 
 class _Piece:
@@ -271,7 +270,7 @@ class PlaybackLedger:
         "_cut_bytes",
         "_delay_s",
         "_epoch",
-        "_finished",
+        "_cleared",
         "_held",
         "_held_bytes",
         "_last_played_at",
@@ -321,8 +320,8 @@ class PlaybackLedger:
         # Unfinished segments in the order they were opened (tail audio excluded), and the newest per key.
         self._active: dict[_Segment, None] = {}
         self._segments: dict[Hashable, _Segment] = {}
-        # Reported or cleared segments by key, oldest first, at most FINISHED_KEYS_KEPT.
-        self._finished: dict[Hashable, _Segment] = {}
+        # Segments finished by a clear, by key, oldest first, at most CLEARED_KEYS_KEPT.
+        self._cleared: dict[Hashable, _Segment] = {}
         self._last_played_at = -math.inf  # when the latest mark of this epoch came back "played"
         self._delay_s = 0.0  # measured playout delay (see the module docstring)
         self._stats = LedgerStats(bytes_per_second=bytes_per_second)
@@ -369,12 +368,13 @@ class PlaybackLedger:
 
         Returns:
             For an unfinished segment, its confirmed audio plus the timed part of its piece in flight; for a
-            recently reported or cleared one, its final value; ``None`` for a key not known (or unhashable).
+            recently cleared one, its final value; ``None`` for a segment already played in full (see
+            :class:`SegmentPlayed`), a key not known, or an unhashable one.
         """
         try:
             segment = self._segments.get(key)
             if segment is None:
-                segment = self._finished.get(key)
+                segment = self._cleared.get(key)
                 return None if segment is None else segment.floor_ms
         except TypeError:  # unhashable: never indexed
             return None
@@ -394,9 +394,9 @@ class PlaybackLedger:
         data = bytes(audio)
         try:
             segment = self._segments.get(key)
-            if segment is None:
-                finished = self._finished.get(key)
-                if finished is not None and finished.dead:
+            if segment is None and self._cleared:
+                cleared = self._cleared.get(key)
+                if cleared is not None and cleared.dead:
                     self._stats.late_bytes += len(data)
                     return []
         except TypeError:  # an unhashable key: a segment of its own
@@ -419,24 +419,18 @@ class PlaybackLedger:
                 self._settle(segment, actions)
         return actions
 
-    def close_segment(self, key: Hashable, now: float) -> list[Action]:
-        """No more audio will come for segment ``key``.
+    def close_segment(self, key: Hashable) -> list[Action]:
+        """No more audio will come for segment ``key``: it is reported once its audio has all played.
 
-        It is reported once its audio has all played (at once if it has). Closing a key never seen opens an
-        empty segment, closed at once (a mark-only piece); closing a segment already closed, reported or
-        cleared does nothing (counted in ``ignored_closes``).
+        Returns :class:`SegmentPlayed` at once if it has. Closing a key that names no open segment (unknown,
+        already closed, reported or cleared) does nothing, counted in ``ignored_closes``: to have an empty
+        segment reported, ``append(key, b"", now, close=True)``.
         """
         try:
             segment = self._segments.get(key)
-            if segment is None:
-                if key in self._finished:
-                    self._stats.ignored_closes += 1
-                    return []
         except TypeError:
             segment = None
-        if segment is None:
-            return self.append(key, b"", now, close=True)
-        if segment.closed:
+        if segment is None or segment.closed:
             self._stats.ignored_closes += 1
             return []
         segment.closed = True
@@ -632,28 +626,26 @@ class PlaybackLedger:
         actions.append(SendMark(name))
 
     def _settle(self, segment: _Segment, actions: list[Action]) -> None:
-        """A closed segment has nothing unconfirmed left: report it (unless lost) and retire it."""
+        """A closed segment has nothing unconfirmed left: report it (unless lost) and forget it."""
         if not segment.reports:
             return
         del self._active[segment]
         played_ms = segment.played_bytes * 1000 // self._bytes_per_second
-        segment.floor_ms = max(segment.floor_ms, played_ms)  # a lost segment keeps what was heard
         if not segment.lost:
             self._stats.segments_played += 1
             actions.append(SegmentPlayed(segment.key, played_ms))
-        self._retire(segment)
         if segment.indexed and self._segments.get(segment.key) is segment:
             del self._segments[segment.key]
 
     def _retire(self, segment: _Segment) -> None:
-        """Remember a finished segment by key, within FINISHED_KEYS_KEPT."""
+        """Remember a segment finished by a clear, by key, within CLEARED_KEYS_KEPT."""
         if not segment.indexed:
             return
-        finished = self._finished
-        finished.pop(segment.key, None)
-        finished[segment.key] = segment
-        if len(finished) > FINISHED_KEYS_KEPT:
-            del finished[next(iter(finished))]
+        cleared = self._cleared
+        cleared.pop(segment.key, None)
+        cleared[segment.key] = segment
+        if len(cleared) > CLEARED_KEYS_KEPT:
+            del cleared[next(iter(cleared))]
 
     def _new_epoch(self) -> None:
         self._epoch += 1

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge._ledger import (
-    FINISHED_KEYS_KEPT,
+    CLEARED_KEYS_KEPT,
     Action,
     Interrupted,
     LedgerState,
@@ -474,7 +474,7 @@ class Harness:
             return
         msg = self.messages[self.growing]
         msg.closed = True
-        actions = self.ledger.close_segment((msg.session_id, self.growing), self.now)
+        actions = self.ledger.close_segment((msg.session_id, self.growing))
         self.growing = None
         for action in actions:
             assert isinstance(action, SegmentPlayed)
@@ -572,8 +572,8 @@ class Harness:
             if msg.answer != self.clears:
                 continue
             heard = self.ledger.heard_ms((msg.session_id, index), self.now)
-            if heard is None:
-                assert len(self.messages) - index > FINISHED_KEYS_KEPT or not msg.units and not msg.sent
+            if heard is None:  # played in full, or finished by losing audio to the memory bound
+                assert msg.statuses == 1 or self.ledger.stats.overflow_bytes
                 continue
             assert heard <= len(msg.sent) * UNIT * 1000 // 8000, "never more than was sent"
             assert heard >= msg.heard_ms, "heard never goes backwards"
@@ -701,25 +701,27 @@ def test_a_segment_grows_and_is_played_only_once_closed_and_fully_confirmed() ->
     marks = _marks(first) + _marks(second)
     assert [ledger.mark_returned(m, 0.1 * (i + 1)) for i, m in enumerate(marks)] == [[], [], []]
     assert ledger.idle and ledger.stats.segments_played == 0  # all played, but more may come
-    assert ledger.close_segment("item", 0.4) == [SegmentPlayed("item", 200)]
-    assert ledger.close_segment("item", 0.4) == []  # closing it again does nothing
-    assert ledger.stats.ignored_closes == 1 and ledger.heard_ms("item", 0.5) == 200
+    assert ledger.close_segment("item") == [SegmentPlayed("item", 200)]
+    assert ledger.close_segment("item") == []  # closing it again does nothing
+    assert ledger.stats.ignored_closes == 1
+    assert ledger.heard_ms("item", 0.5) is None  # played in full: SegmentPlayed said so
 
 
 def test_a_segment_closed_before_its_marks_come_back_is_played_at_its_last_mark() -> None:
     ledger = PlaybackLedger()
     marks = _marks(ledger.append("answer", bytes(1600), 0.0))
-    assert ledger.close_segment("answer", 0.0) == []
+    assert ledger.close_segment("answer") == []
     assert ledger.mark_returned(marks[0], 0.1) == []
     assert ledger.mark_returned(marks[1], 0.2) == [SegmentPlayed("answer", 200)]
-    assert ledger.heard_ms("answer", 0.3) == 200  # a finished key keeps its final value
+    assert ledger.heard_ms("answer", 0.15) is None  # played in full
     assert ledger.stats.played_ms == 200 and ledger.stats.cleared_ms == 0
 
 
-def test_closing_a_key_never_seen_is_a_mark_only_segment_played_after_what_came_before() -> None:
+def test_an_empty_segment_is_a_mark_only_piece_played_after_what_came_before() -> None:
     ledger = PlaybackLedger()
     before = _marks(ledger.append("a", bytes(8), 0.0, close=True))
-    empty = ledger.close_segment("b", 0.0)
+    assert ledger.close_segment("b") == [] and ledger.stats.ignored_closes == 1  # closing a key never seen
+    empty = ledger.append("b", b"", 0.0, close=True)
     assert [type(a) for a in empty] == [SendMark]
     assert ledger.mark_returned(before[0], 0.01) == [SegmentPlayed("a", 1)]
     assert ledger.mark_returned(_marks(empty)[0], 0.01) == [SegmentPlayed("b", 0)]
@@ -740,7 +742,7 @@ def test_audio_for_a_segment_a_clear_found_open_is_dropped_and_closing_it_does_n
     actions = ledger.clear(0.15)
     assert actions == [SendClear(), Interrupted("item", 150, 100)]
     assert ledger.append("item", bytes(800), 0.2) == []  # a late delta of the interrupted item
-    assert ledger.close_segment("item", 0.2) == []
+    assert ledger.close_segment("item") == []
     stats = ledger.stats
     assert stats.late_bytes == 800 and stats.ignored_closes == 1 and stats.received_bytes == 1600
     assert ledger.heard_ms("item", 5.0) == 150
@@ -808,12 +810,17 @@ def test_interrupted_lists_every_unfinished_segment_in_order_even_unheard_ones()
     assert ledger.heard_ms({"un": "hashable"}, 0.2) is None
 
 
-def test_only_the_latest_finished_keys_are_remembered() -> None:
+def test_only_the_latest_cleared_keys_are_remembered() -> None:
     ledger = PlaybackLedger()
-    for n in range(FINISHED_KEYS_KEPT + 1):
-        (mark,) = _marks(ledger.append(n, bytes(8), 0.0, close=True))
-        assert ledger.mark_returned(mark, 0.0) == [SegmentPlayed(n, 1)]
-    assert ledger.heard_ms(0, 1.0) is None and ledger.heard_ms(1, 1.0) == 1
+    for n in range(CLEARED_KEYS_KEPT):
+        ledger.append(n, bytes(8), 0.0)
+    (first,) = _marks(ledger.append("played", bytes(8), 0.0))  # one more: the 65th segment a clear finds
+    ledger.mark_returned(first, 0.0)
+    ledger.clear(1.0)
+    assert ledger.heard_ms(0, 1.0) is None and ledger.heard_ms(1, 1.0) == 0
+    assert ledger.heard_ms("played", 2.0) == 1
+    assert ledger.append(0, bytes(8), 2.0) != []  # forgotten: no longer known to be dead
+    assert ledger.append(1, bytes(8), 2.0) == [] and ledger.stats.late_bytes == 8
 
 
 @pytest.mark.parametrize("kwargs", [{"bytes_per_second": 0}])

@@ -46,7 +46,7 @@ import codec
 from bridge import _speakr, _twilio
 from bridge._config import Config
 from bridge._errors import CallEnded, SpeakrProtocolError, TwilioProtocolError
-from bridge._ledger import PlaybackLedger, SendClear, SendMark, SendMedia, SendStatus
+from bridge._ledger import PlaybackLedger, SegmentPlayed, SendClear, SendMark, SendMedia
 from bridge._metrics import CallCounters, Metrics
 from bridge._uplink import UplinkFramer
 
@@ -343,7 +343,7 @@ class _Call:
     def dispatch_twilio(self, event: _twilio.TwilioEvent) -> bool:
         """Handle a non-media Twilio event after ``start``; True when the call is over."""
         if isinstance(event, _twilio.Mark):
-            self.apply_status(self.ledger.twilio_mark(event.name))
+            self.apply_status(self.ledger.mark_returned(event.name, trio.current_time()))
         elif isinstance(event, _twilio.Stop):
             self.end("twilio_stop")
             return True
@@ -358,9 +358,11 @@ class _Call:
 
     def apply_status(self, actions: list[Any]) -> None:
         for action in actions:
-            if isinstance(action, SendStatus):
+            if isinstance(action, SegmentPlayed):
+                key = action.key
+                assert isinstance(key, tuple)  # ours: (session_id, sequence_id), see speakr_receiver()
                 self.metrics.statuses.inc()
-                self.put_control(_speakr.status_message(action.session_id, action.sequence_id))
+                self.put_control(_speakr.status_message(key[0], key[1]))
         if self.ending_after_playout and self.ledger.idle:
             self.playout_done.set()
 
@@ -550,7 +552,8 @@ class _Call:
                     ahead_s = MAX_UNPLAYED_BYTES // 8000
                     self.log.warning("speakr is more than %d s ahead: audio dropped", ahead_s)
                     continue
-                await self.send_twilio(self.ledger.agent_media(event.session_id, event.sequence_id, ulaw))
+                key = (event.session_id, event.sequence_id)
+                await self.send_twilio(self.ledger.append(key, ulaw, t0, close=True))
                 hop.observe(trio.current_time() - t0)
             elif isinstance(event, _speakr.Initial):
                 self.log.info("speakr initial")
@@ -586,14 +589,15 @@ class _Call:
         self.result.barge_in[name] = self.result.barge_in.get(name, 0) + 1
         if self.start is None:
             return
+        now = trio.current_time()
         if name == "pause":
-            actions = self.ledger.pause()
+            actions = self.ledger.pause(now)
         elif name == "continue":
-            actions = self.ledger.resume()
+            actions = self.ledger.resume(now)
             if not actions:
                 self.log.info("continue with nothing paused: ignored")
         else:
-            actions = self.ledger.clear()
+            actions = self.ledger.clear(now)
             self.downlink.reset()  # the old answer's filter tail must not leak into the new one
         self.log.info("speakr %s", name)
         await self.send_twilio(actions)
@@ -610,7 +614,7 @@ class _Call:
                 await self.twilio.send(_twilio.mark_message(stream_sid, action.name))
             elif type(action) is SendClear:
                 await self.twilio.send(_twilio.clear_message(stream_sid))
-            # SendStatus comes only from twilio_mark(): see apply_status().
+            # SegmentPlayed comes from mark_returned() only (see apply_status()); Interrupted: no wire.
 
     async def flush_downlink(self) -> None:
         """Play the resampler's held-back tail now, as if silence followed (at ``end``).
@@ -618,7 +622,7 @@ class _Call:
         Through the ledger, so that it is marked and waited for like the rest of the answer.
         """
         if self.start is not None:
-            await self.send_twilio(self.ledger.tail(self.downlink.flush()))
+            await self.send_twilio(self.ledger.tail(self.downlink.flush(), trio.current_time()))
 
     async def agent_end(self, ws: trio_websocket.WebSocketConnection) -> None:
         """Speakr is done: play out what was sent (bounded), then hang up the stream."""

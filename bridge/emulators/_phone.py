@@ -18,6 +18,11 @@ time ``i / 8000`` s.
 ``clear`` while a span plays: the span was already handed to the speaker and counts as heard (the model is
 exact to one span, 20 ms); its in-flight marks are pending, so they come back with the others. No I/O, no
 clock: the caller drives it, tests call it directly.
+
+A handset that buffers before it plays (``start_delay_samples``): audio enqueued when the ticks so far have
+handed out ``t`` samples does not play before sample ``t + start_delay_samples``; the speaker plays silence
+until then, and the marks behind that audio come back correspondingly late. With the default 0 nothing
+changes.
 """
 
 from __future__ import annotations
@@ -45,7 +50,12 @@ class PhonePlayback:
         cleared_samples: samples of queued audio dropped by :meth:`clear`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, start_delay_samples: int = 0) -> None:
+        if start_delay_samples < 0:
+            raise ValueError(f"start_delay_samples must be >= 0, got {start_delay_samples!r}")
+        self._start_delay = start_delay_samples
+        self._clock = 0  # samples handed to the speaker by the ticks so far
+        self._ready_at: deque[int] = deque()  # per queued audio item: the first sample it may play at
         self._queue: deque[bytes | _Mark] = deque()
         self._head_offset = 0  # bytes of the queue's first audio item already played
         self._queued_samples = 0
@@ -68,6 +78,7 @@ class PhonePlayback:
         """Queues audio behind everything already queued. Empty audio is ignored (nothing to play)."""
         if ulaw:
             self._queue.append(bytes(ulaw))
+            self._ready_at.append(self._clock + self._start_delay)
             self._queued_samples += len(ulaw)
 
     def enqueue_mark(self, name: str) -> list[str]:
@@ -95,6 +106,7 @@ class PhonePlayback:
                 released.append(item.name)
         self.cleared_samples += self._queued_samples
         self._queue.clear()
+        self._ready_at.clear()
         self._head_offset = 0
         self._queued_samples = 0
         self._span_has_audio = False
@@ -112,6 +124,7 @@ class PhonePlayback:
         due = self._in_flight
         self._in_flight = []
         out = bytearray()
+        played = 0
         queue = self._queue
         while True:
             while queue and isinstance(queue[0], _Mark):
@@ -122,16 +135,22 @@ class PhonePlayback:
                 break
             item = queue[0]
             assert isinstance(item, bytes)
+            wait = self._ready_at[0] - (self._clock + len(out))
+            if wait > 0:  # a buffering handset: silence until this audio may play
+                out += bytes([SILENCE_ULAW]) * min(wait, n_samples - len(out))
+                continue
             take = min(len(item) - self._head_offset, n_samples - len(out))
             out += item[self._head_offset : self._head_offset + take]
+            played += take
             self._head_offset += take
             if self._head_offset == len(item):
                 queue.popleft()
+                self._ready_at.popleft()
                 self._head_offset = 0
-        played = len(out)
+        self._clock += n_samples
         self._queued_samples -= played
         self.played_audio_samples += played
         self._span_has_audio = played > 0
-        if played < n_samples:
-            out += bytes([SILENCE_ULAW]) * (n_samples - played)
+        if len(out) < n_samples:
+            out += bytes([SILENCE_ULAW]) * (n_samples - len(out))
         return bytes(out), due

@@ -85,12 +85,8 @@ class BridgeState:
     # --- admission -------------------------------------------------------------------
 
     def admission_refusal(self) -> str | None:
-        """Why this process takes no new call now (draining, or the store is down), or None."""
-        if self.draining:
-            return "draining"
-        if not self.store_ok:
-            return "store_unavailable"
-        return None
+        """Why this process takes no new call now (it is draining), or None."""
+        return "draining" if self.draining else None
 
     def store_failed(self, op: str, exc: StoreUnavailable) -> None:
         self.metrics.store_errors.labels(op).inc()
@@ -300,8 +296,9 @@ def create_app(config: Config | None = None) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> tuple[str, int]:
-        refusal = state.admission_refusal()
-        return (refusal + "\n", 503) if refusal is not None else ("ready\n", 200)
+        # Only a drain makes a worker unready: during a store outage it still answers every webhook
+        # (with the busy answer), which beats the load balancer having no backend at all.
+        return ("draining\n", 503) if state.draining else ("ready\n", 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -14,7 +14,8 @@ the SQLite store that holds admission leases, used tokens and call records for a
 ``/metrics`` from any worker counts the whole server. It is removed when the server exits.
 
 Drain, in every worker: on the first SIGTERM or SIGINT the parent forwards SIGTERM to each worker (workers
-run in a process group of their own, so a terminal's Ctrl-C reaches them once, through the parent). A
+ignore SIGINT, so a terminal's Ctrl-C, sent to the whole process group, reaches them once, through the
+parent; they stay in the parent's group, so an orchestrator that kills the group kills them too). A
 worker that drains answers ``/readyz`` 503, the voice webhook's busy TwiML and refuses new streams; live
 calls may finish for up to ``BRIDGE_DRAIN_TIMEOUT_S``, then the ones still running are ended cleanly
 (Speakr closed with 1000, the Twilio stream closed so the caller hears the fallback) and Hypercorn shuts
@@ -84,8 +85,9 @@ async def drain(state: BridgeState, timeout_s: float, skip: trio.Event | None = 
 
 
 async def drain_on_signal(state: BridgeState, shutdown: trio.Event, *, watch_parent: int | None = None) -> None:
-    """Wait for SIGTERM/SIGINT (or the parent's death), drain, then let the server shut down."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Wait for SIGTERM/SIGINT (a worker: SIGTERM, or its parent's death), drain, then let the server stop."""
+    signums = (signal.SIGTERM,) if watch_parent is not None else (signal.SIGTERM, signal.SIGINT)
+    with trio.open_signal_receiver(*signums) as signals:
         skip = trio.Event()
         async with trio.open_nursery() as nursery:
 
@@ -128,9 +130,8 @@ async def _serve(config: Config, sockets: Sockets, watch_parent: int | None) -> 
 
 
 def _worker_main(sockets: Sockets, parent: int) -> None:
-    """A worker process: its own process group (signals come from the parent), one server."""
-    os.setpgrp()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until Trio's own handler takes over
+    """A worker process: one server; its signals come from the parent (see the module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = load_config()
     trio.run(_serve, config, sockets, parent)
 

@@ -126,20 +126,17 @@ async def serve(
                 await trio.sleep(0.05)
         yield server
     finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await process.wait()
-        _kill_orphans(server)
-
-
-def _kill_orphans(server: Serve) -> None:
-    """Workers live in process groups of their own: kill any a failed test left behind."""
-    for pid in re.findall(r"\[worker (\d+)\]", server.log()):
-        try:
-            os.killpg(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # SIGTERM first: the parent forwards it to its workers (a SIGKILLed parent's workers would only
+        # notice within a second and then drain); SIGKILL if it does not go.
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(8):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                with trio.move_on_after(5):
+                    await process.wait()
 
 
 # --- redis-server ----------------------------------------------------------------------------------------

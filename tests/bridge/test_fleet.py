@@ -296,3 +296,118 @@ async def test_serve_says_where_it_listens_and_a_port_in_use_is_one_line_and_exi
     ]
     async with serve(tmp_path, workers=2) as server:
         assert f"listening on {server.base_url} with 2 workers" in server.log()
+
+
+# --- the store's contract, per backend ----------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def each_store(kind: str, tmp_path: Path) -> AsyncIterator[Any]:
+    from bridge._store import open_store
+
+    if kind == "redis":
+        with running_redis() as redis:
+            async with open_store(redis.url, None) as store:
+                yield store
+    else:
+        async with open_store(None, str(tmp_path) if kind == "sqlite" else None) as store:
+            yield store
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+async def test_store_contract(tmp_path, kind):
+    import time
+
+    async with each_store(kind, tmp_path) as store:
+        assert store.kind == kind
+        later = time.time() + 60
+        assert await store.reserve("CA1", limit=2) and await store.reserve("CA1", limit=2)  # idempotent
+        assert await store.reserve("CA2", limit=2)
+        assert not await store.reserve("CA3", limit=2)  # full
+        assert await store.admit("CA1", subject="CA1", token_expiry=later, limit=2) is None  # claims its own
+        assert await store.admit("CA1", subject="CA1", token_expiry=later, limit=2) == "reused_token"
+        assert await store.admit("CA1", subject=None, token_expiry=0, limit=2) == "duplicate_call"
+        assert await store.admit("CA9", subject=None, token_expiry=0, limit=2) == "busy"
+        assert await store.live_calls() == {"CA1": "live", "CA2": "reserved"}
+        await store.release("CA1")
+        assert await store.admit("CA9", subject="CA9", token_expiry=later, limit=2) is None
+        # A lease that is not renewed lapses (a crashed worker gives its slots back); a renewed one stays.
+        assert await store.admit("CA4", subject=None, token_expiry=0, limit=9, ttl_s=0.3) is None
+        assert await store.admit("CA5", subject=None, token_expiry=0, limit=9, ttl_s=0.3) is None
+        await trio.sleep(0.2)
+        await store.renew(["CA5"], ttl_s=5.0)
+        await trio.sleep(0.3)
+        live = await store.live_calls()
+        assert "CA4" not in live and live.get("CA5") == "live"
+        # Records: a base set once, events appended by anyone, read back the same.
+        assert await store.record_create("CA7", {"sid": "CA7", "n": 1})
+        assert not await store.record_create("CA7", {"sid": "CA7", "n": 2})
+        await store.record_event("CA7", {"status": "ringing"})
+        await store.record_event("CA7", {"status": "completed"})
+        assert await store.record_get("CA7") == ({"sid": "CA7", "n": 1}, [{"status": "ringing"}, {"status": "completed"}])
+        assert await store.record_get("CA8") is None
+        await store.ping()
+
+
+async def test_idle_unauthenticated_sockets_hold_no_call_slot(nursery):
+    """Issue 16 item 2: a stream is counted only once its start shows a valid token."""
+    import trio_websocket
+    from e2e_helpers import start_bridge
+
+    agent = await start_agent(nursery)
+    from bridge._config import Secret
+
+    bridge = await start_bridge(
+        nursery, speakr_ws_url=agent.url, twilio_auth_token=Secret(AUTH), max_concurrent_calls=2
+    )
+    # PUBLIC_URL is unset: the webhook's signature is checked against the request's own URL.
+    async with AsyncExitStack() as idle:
+        for _ in range(30):
+            await idle.enter_async_context(trio_websocket.open_websocket_url(bridge.stream_url))
+        with trio.fail_after(20):
+            records = []
+            async with trio.open_nursery() as calls:
+                for _ in range(2):
+                    calls.start_soon(
+                        lambda: _append(records, TwilioCaller(
+                            webhook_url=bridge.voice_url, auth_token=AUTH, hangup_after_s=0.5
+                        ))
+                    )
+    assert [r.outcome for r in records] == ["hung_up", "hung_up"], [(r.outcome, r.error) for r in records]
+    assert len(agent.sessions) == 2
+
+
+async def _append(records: list[CallRecord], caller: TwilioCaller) -> None:
+    records.append(await caller.run())
+
+
+def _doctor(tmp_path: Path, env: dict[str, str]) -> Any:
+    import subprocess
+    import sys
+
+    from fleet_helpers import clean_env
+
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "doctor"], env=clean_env(env), cwd=tmp_path, capture_output=True,
+        text=True, timeout=60,
+    )
+
+
+def test_doctor_reports_the_store_and_redis_reachability(tmp_path):
+    from fleet_helpers import free_port
+
+    with running_redis() as redis:
+        up = _doctor(tmp_path, {"REDIS_URL": redis.url})
+    down = _doctor(tmp_path, {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    embedded = _doctor(tmp_path, {})
+    assert f"[ok  ] store: redis (redis://127.0.0.1:{redis.port}/0) answers" in up.stdout, up.stdout
+    assert "[FAIL] store: redis" in down.stdout and "NOT READY" in down.stdout and down.returncode == 1
+    assert "[ok  ] store: embedded" in embedded.stdout
+
+
+def test_doctor_is_not_ready_when_public_url_cannot_be_reached(tmp_path):
+    from fleet_helpers import free_port
+
+    result = _doctor(tmp_path, {"PUBLIC_URL": f"http://127.0.0.1:{free_port()}"})
+    assert "/healthz not reachable" in result.stdout and "verdict: NOT READY" in result.stdout, result.stdout
+    assert result.returncode == 1

@@ -411,3 +411,27 @@ def test_doctor_is_not_ready_when_public_url_cannot_be_reached(tmp_path):
     result = _doctor(tmp_path, {"PUBLIC_URL": f"http://127.0.0.1:{free_port()}"})
     assert "/healthz not reachable" in result.stdout and "verdict: NOT READY" in result.stdout, result.stdout
     assert result.returncode == 1
+
+
+# --- the docs tell the truth --------------------------------------------------------------------------------
+
+
+def test_env_example_lists_every_variable_and_the_docs_stand_alone():
+    import re
+
+    from bridge._config import VARIABLES
+
+    root = Path(__file__).resolve().parents[2]
+    example = (root / ".env.example").read_text()
+    assert [v for v in VARIABLES if v not in example] == []
+    readme = (root / "README.md").read_text()
+    for doc in (readme, (root / "docs" / "DESIGN.md").read_text()):
+        assert "../shared" not in doc
+    headings = {
+        re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", readme, flags=re.M)
+    }
+    anchors = set(re.findall(r"\]\(#([^)]+)\)", readme))
+    assert anchors - headings == set()
+    for target in re.findall(r"\]\(((?:docs|benchmarks)/[^)#]+)\)", readme):
+        assert (root / target).exists(), target

@@ -228,7 +228,9 @@ async def _scrape_drops(ports: tuple[int, ...]) -> dict[str, float]:
     return {"drops": drops, "calls_counted": calls}
 
 
-async def _run_step(system: str, workers: int, calls: int, workdir: Path, redis_url: str | None = None) -> Step:
+async def _run_step(
+    system: str, workers: int, calls: int, workdir: Path, redis_url: str | None = None
+) -> Step:
     step = Step(system, workers, calls)
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -240,7 +242,8 @@ async def _run_step(system: str, workers: int, calls: int, workdir: Path, redis_
             launches.append((bridge_argv(ports[0], workers), bridge_env(agent.url)))
         elif system == FLEET:
             assert redis_url is not None
-            launches += [(bridge_argv(p, 1), {**bridge_env(agent.url), "REDIS_URL": redis_url}) for p in ports]
+            fleet_env = {**bridge_env(agent.url), "REDIS_URL": redis_url}
+            launches += [(bridge_argv(p, 1), fleet_env) for p in ports]
         else:
             argv = [
                 sys.executable,
@@ -253,7 +256,9 @@ async def _run_step(system: str, workers: int, calls: int, workdir: Path, redis_
             launches.append((argv, {"SPEAKR_WS_URL": agent.url}))
         kind = {BRIDGE: "bridge", FLEET: "fleet"}.get(system, "naive")
         servers = [
-            ServerProcess(argv, port=port, env=env, workdir=workdir, name=f"{kind}-w{workers}-n{calls}-{port}")
+            ServerProcess(
+                argv, port=port, env=env, workdir=workdir, name=f"{kind}-w{workers}-n{calls}-{port}"
+            )
             for (argv, env), port in zip(launches, ports, strict=True)
         ]
 
@@ -572,7 +577,8 @@ def test_two_workers_hold_at_least_half_what_one_does(capacity: Capacity) -> Non
 
 def test_two_instances_sharing_redis_hold_at_least_half_what_one_does(capacity: Capacity) -> None:
     assert capacity.fleet.max_calls >= TWO_WORKER_BAR * capacity.ours.max_calls, (
-        f"2 instances {capacity.fleet.max_calls} calls < {TWO_WORKER_BAR} x 1 worker {capacity.ours.max_calls}"
+        f"2 instances {capacity.fleet.max_calls} calls < {TWO_WORKER_BAR} x 1 worker "
+        f"{capacity.ours.max_calls}"
     )
 
 

@@ -152,7 +152,7 @@ def _http_url(var: str, raw: str) -> str:
 def _redis_url(var: str, raw: str) -> Secret:
     parts = urlsplit(raw)
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        raise ConfigError(f"{var} must be a redis://, rediss:// or unix:// URL")
+        raise ConfigError(var, "must be a redis://, rediss:// or unix:// URL")
     return Secret(raw)
 
 

@@ -387,9 +387,10 @@ class _TrackedCall:
 
     @classmethod
     def replay(cls, base: dict[str, Any], events: list[dict[str, Any]]) -> _TrackedCall:
-        """A call rebuilt from its stored base and events, exactly as :meth:`add_event` would have built it."""
+        """A call rebuilt from its stored base and events, as :meth:`add_event` would have built it."""
         tracked = cls(
-            str(base["sid"]), base.get("to"), base.get("from"), float(base["created_at"]), str(base["source"]),
+            str(base["sid"]), base.get("to"), base.get("from"), float(base["created_at"]),
+            str(base["source"]),
             dict(base.get("settings") or {}), dict(base.get("metadata") or {}),
         )
         for event in events:
@@ -576,11 +577,11 @@ class OutboundCalls:
         tracked = _TrackedCall.replay(*found)
         was_terminal = tracked.status in _TERMINAL
         duration = form.get("CallDuration")
+        whole = isinstance(duration, str) and duration.isdigit() and len(duration) < 9
         event: dict[str, Any] = {
             "status": status, "at": now, "timestamp": _form_text(form, "Timestamp"),
             "sequence": _form_text(form, "SequenceNumber"),
-            "duration": int(duration) if isinstance(duration, str) and duration.isdigit() and len(duration) < 9
-            else None,
+            "duration": int(duration) if whole and isinstance(duration, str) else None,
         }
         if not tracked.apply(event):
             return  # a duplicate (Twilio retries) or past the history bound

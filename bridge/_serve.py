@@ -84,7 +84,9 @@ async def drain(state: BridgeState, timeout_s: float, skip: trio.Event | None = 
     logger.warning("drained")
 
 
-async def drain_on_signal(state: BridgeState, shutdown: trio.Event, *, watch_parent: int | None = None) -> None:
+async def drain_on_signal(
+    state: BridgeState, shutdown: trio.Event, *, watch_parent: int | None = None
+) -> None:
     """Wait for SIGTERM/SIGINT (a worker: SIGTERM, or its parent's death), drain, then let the server stop."""
     signums = (signal.SIGTERM,) if watch_parent is not None else (signal.SIGTERM, signal.SIGINT)
     with trio.open_signal_receiver(*signums) as signals:
@@ -99,7 +101,8 @@ async def drain_on_signal(state: BridgeState, shutdown: trio.Event, *, watch_par
             if watch_parent is not None:
 
                 async def parent_watch() -> None:
-                    while os.getppid() == watch_parent:
+                    # No event tells a process its parent died: poll (cheap, once a second).
+                    while os.getppid() == watch_parent:  # noqa: ASYNC110
                         await trio.sleep(PARENT_CHECK_S)
                     if not state.draining:
                         logger.warning("the server's parent process is gone: draining")
@@ -123,7 +126,9 @@ async def _serve(config: Config, sockets: Sockets, watch_parent: int | None) -> 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: drain_on_signal(state, shutdown, watch_parent=watch_parent))
         await worker_serve(
-            wrap_app(app, hconfig.wsgi_max_body_size, None), hconfig, sockets=sockets,
+            wrap_app(app, hconfig.wsgi_max_body_size, None),
+            hconfig,
+            sockets=sockets,
             shutdown_trigger=shutdown.wait,
         )
         nursery.cancel_scope.cancel()
@@ -168,7 +173,7 @@ class _Supervisor:
         proc.start()
         print(f"speakr-bridge: [worker {proc.pid}] started", file=sys.stderr, flush=True)
         self.procs.append(proc)
-        self.started_at[proc.pid] = time.monotonic()
+        self.started_at[proc.pid or 0] = time.monotonic()
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -193,10 +198,10 @@ class _Supervisor:
             for proc in [p for p in self.procs if not p.is_alive()]:
                 proc.join()
                 self.procs.remove(proc)
-                multiprocess.mark_process_dead(proc.pid)
+                multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
                 if self.stopping:
                     continue
-                lived = time.monotonic() - self.started_at.pop(proc.pid, 0.0)
+                lived = time.monotonic() - self.started_at.pop(proc.pid or 0, 0.0)
                 logger.error("worker %s exited (status %s) after %.0f s", proc.pid, proc.exitcode, lived)
                 if lived < MIN_WORKER_LIFE_S or self.restarts >= MAX_RESTARTS:
                     print("speakr-bridge: a worker keeps dying; stopping the server", file=sys.stderr)

@@ -94,7 +94,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def admit(
-        self, call_sid: str, *, subject: str | None, token_expiry: float, limit: int,
+        self,
+        call_sid: str,
+        *,
+        subject: str | None,
+        token_expiry: float,
+        limit: int,
         ttl_s: float = LEASE_TTL_S,
     ) -> str | None:
         """In one atomic step: use up ``subject``'s token (when given) and claim or take a slot.
@@ -165,7 +170,12 @@ class MemoryStore(Store):
         return True
 
     async def admit(
-        self, call_sid: str, *, subject: str | None, token_expiry: float, limit: int,
+        self,
+        call_sid: str,
+        *,
+        subject: str | None,
+        token_expiry: float,
+        limit: int,
         ttl_s: float = LEASE_TTL_S,
     ) -> str | None:
         now = time.time()
@@ -222,7 +232,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (sid TEXT PRIMARY KEY, state TEXT NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (subject TEXT PRIMARY KEY, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS records (sid TEXT PRIMARY KEY, base BLOB NOT NULL, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, sid TEXT NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sid TEXT NOT NULL, body BLOB NOT NULL
+);
 CREATE INDEX IF NOT EXISTS events_sid ON events (sid);
 """
 #: How long a transaction waits for another worker's lock before the store counts as unavailable.
@@ -279,8 +291,13 @@ class SqliteStore(Store):
 
     @staticmethod
     def _admit(
-        db: sqlite3.Connection, now: float, sid: str, subject: str | None, token_expiry: float,
-        limit: int, ttl_s: float,
+        db: sqlite3.Connection,
+        now: float,
+        sid: str,
+        subject: str | None,
+        token_expiry: float,
+        limit: int,
+        ttl_s: float,
     ) -> str | None:
         db.execute("DELETE FROM leases WHERE expires <= ?", (now,))
         if subject is not None:
@@ -300,7 +317,12 @@ class SqliteStore(Store):
         return None
 
     async def admit(
-        self, call_sid: str, *, subject: str | None, token_expiry: float, limit: int,
+        self,
+        call_sid: str,
+        *,
+        subject: str | None,
+        token_expiry: float,
+        limit: int,
         ttl_s: float = LEASE_TTL_S,
     ) -> str | None:
         result = await self._run(self._tx, self._admit, call_sid, subject, token_expiry, limit, ttl_s)
@@ -308,7 +330,9 @@ class SqliteStore(Store):
 
     async def renew(self, call_sids: Sequence[str], ttl_s: float = LEASE_TTL_S) -> None:
         def body(db: sqlite3.Connection, now: float) -> None:
-            db.executemany("UPDATE leases SET expires = ? WHERE sid = ?", [(now + ttl_s, s) for s in call_sids])
+            db.executemany(
+                "UPDATE leases SET expires = ? WHERE sid = ?", [(now + ttl_s, s) for s in call_sids]
+            )
 
         await self._run(self._tx, body)
 
@@ -326,7 +350,8 @@ class SqliteStore(Store):
         def body(db: sqlite3.Connection, now: float) -> bool:
             db.execute("DELETE FROM records WHERE expires <= ?", (now,))
             cur = db.execute(
-                "INSERT OR IGNORE INTO records VALUES (?, ?, ?)", (call_sid, orjson.dumps(base), now + RECORD_TTL_S)
+                "INSERT OR IGNORE INTO records VALUES (?, ?, ?)",
+                (call_sid, orjson.dumps(base), now + RECORD_TTL_S),
             )
             return cur.rowcount == 1
 
@@ -369,15 +394,20 @@ for _, sid in ipairs(gone) do redis.call('HDEL', KEYS[2], sid) end
 if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
 """
 # KEYS: leases (zset sid -> expiry ms), states (hash sid -> state). ARGV: sid, limit, ttl ms.
-_LUA_RESERVE = _LUA_NOW_AND_EXPIRE + """
+_LUA_RESERVE = (
+    _LUA_NOW_AND_EXPIRE
+    + """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], 'reserved')
 return 1
 """
+)
 # KEYS: leases, states, token key. ARGV: sid, limit, ttl ms, token ttl ms, '1' when a token is used.
-_LUA_ADMIT = _LUA_NOW_AND_EXPIRE + """
+_LUA_ADMIT = (
+    _LUA_NOW_AND_EXPIRE
+    + """
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 'reused_token' end
 local state = redis.call('HGET', KEYS[2], ARGV[1])
 if state == 'live' then return 'duplicate_call' end
@@ -387,6 +417,7 @@ redis.call('HSET', KEYS[2], ARGV[1], 'live')
 if ARGV[5] == '1' then redis.call('SET', KEYS[3], '1', 'PX', math.max(1000, tonumber(ARGV[4]) - now)) end
 return 'ok'
 """
+)
 # KEYS: leases. ARGV: ttl ms, sid...
 _LUA_RENEW = """
 local t = redis.call('TIME')
@@ -441,7 +472,12 @@ class RedisStore(Store):
         return bool(int(result))
 
     async def admit(
-        self, call_sid: str, *, subject: str | None, token_expiry: float, limit: int,
+        self,
+        call_sid: str,
+        *,
+        subject: str | None,
+        token_expiry: float,
+        limit: int,
         ttl_s: float = LEASE_TTL_S,
     ) -> str | None:
         token_key = REDIS_PREFIX + "token:" + (subject or "")
@@ -503,7 +539,9 @@ def _redis_where(url: str) -> str:
 
     parts = urlsplit(url)
     host = parts.hostname or parts.path
-    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path if parts.hostname else ''}"
+    port = f":{parts.port}" if parts.port else ""
+    path = parts.path if parts.hostname else ""
+    return f"{parts.scheme}://{host}{port}{path}"
 
 
 @asynccontextmanager
@@ -517,7 +555,9 @@ async def open_store(redis_url: str | None, runtime_dir: str | None) -> AsyncIte
         import coredis
 
         client = coredis.Redis.from_url(
-            redis_url, connect_timeout=STORE_TIMEOUT_S, stream_timeout=STORE_TIMEOUT_S,
+            redis_url,
+            connect_timeout=STORE_TIMEOUT_S,
+            stream_timeout=STORE_TIMEOUT_S,
             verify_version=False,
         )
         async with client:

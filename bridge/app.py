@@ -93,7 +93,9 @@ class BridgeState:
         if self.store_ok:
             self.store_ok = False
             self.metrics.store_up.set(0)
-            logger.error("store unreachable (%s): new calls get the busy answer until it is back: %s", op, exc)
+            logger.error(
+                "store unreachable (%s): new calls get the busy answer until it is back: %s", op, exc
+            )
 
     def store_answered(self) -> None:
         if not self.store_ok:

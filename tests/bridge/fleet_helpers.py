@@ -25,7 +25,13 @@ import trio
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_LIMIT_S = 20.0
 _OUR_VARIABLES = (
-    "SPEAKR_", "TWILIO_", "BRIDGE_", "PUBLIC_URL", "MAX_CONCURRENT_CALLS", "LOG_FORMAT", "REDIS_URL",
+    "SPEAKR_",
+    "TWILIO_",
+    "BRIDGE_",
+    "PUBLIC_URL",
+    "MAX_CONCURRENT_CALLS",
+    "LOG_FORMAT",
+    "REDIS_URL",
     "PROMETHEUS_MULTIPROC_DIR",
 )
 _LISTENING = re.compile(r"listening on (http://\S+) with")
@@ -89,7 +95,11 @@ class Serve:
 
 @asynccontextmanager
 async def serve(
-    tmp_path: Path, *, workers: int = 1, env: dict[str, str] | None = None, port: int | None = None,
+    tmp_path: Path,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
     public_url: bool = False,
 ) -> AsyncIterator[Serve]:
     """``python -m bridge serve --workers N`` on a free port, healthy; killed (group) on the way out.
@@ -105,9 +115,22 @@ async def serve(
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", str(workers)],
-            env=clean_env(extra), cwd=tmp_path, stdout=fd, stderr=fd,
+            [
+                sys.executable,
+                "-m",
+                "bridge",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            env=clean_env(extra),
+            cwd=tmp_path,
+            stdout=fd,
+            stderr=fd,
         )
     finally:
         os.close(fd)
@@ -122,7 +145,7 @@ async def serve(
                 assert process.returncode is None, f"serve exited {process.returncode}:\n{server.log()}"
                 await trio.sleep(0.05)
             # Every worker must be up: each one's lifespan logs its store (or serve logs once).
-            while workers > 1 and server.log().count("store: ") < workers:
+            while workers > 1 and server.log().count("store: ") < workers:  # noqa: ASYNC110 -- a log
                 await trio.sleep(0.05)
         yield server
     finally:
@@ -144,8 +167,9 @@ async def serve(
 
 def redis_server_binary() -> str:
     """Path of ``redis-server``; skips (fails under CI) when there is none."""
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists()
-                                             else None)
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     if found is None:
         reason = "redis-server is not installed (apt-get install redis-server): fleet tests need a real one"
         if os.environ.get("CI", "").lower() == "true":
@@ -167,9 +191,21 @@ class RedisServer:
     def start(self) -> None:
         """Start (or restart, on the same port) with no persistence; returns once it answers."""
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for _ in range(200):
             try:

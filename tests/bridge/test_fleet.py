@@ -1,4 +1,4 @@
-"""Many cores and many hosts keep every promise of one process (CONTRACT.md "Running on several cores and hosts").
+"""Many cores and many hosts keep every promise of one process (README: "Sizing and deployment").
 
 Real parts only: ``python -m bridge serve --workers N`` processes signalled for real, two ``serve`` instances
 sharing one real ``redis-server`` standing in for two hosts, the agent and Twilio caller emulators here.
@@ -57,7 +57,9 @@ async def fleet(
         else:
             workers = 2 if layout == "2 workers" else 1
             servers = [
-                await stack.enter_async_context(serve(tmp_path, workers=workers, env=env, public_url=public_url))
+                await stack.enter_async_context(
+                    serve(tmp_path, workers=workers, env=env, public_url=public_url)
+                )
             ]
         yield servers
 
@@ -112,7 +114,9 @@ async def test_a_used_token_is_refused_on_every_worker_and_instance(nursery, tmp
     env = {"SPEAKR_WS_URL": agent.url, "TWILIO_AUTH_TOKEN": AUTH}
     async with fleet(tmp_path, layout, env) as servers:
         with trio.fail_after(60):
-            first = await TwilioCaller(webhook_url=servers[0].voice_url, auth_token=AUTH, hangup_after_s=0.5).run()
+            first = await TwilioCaller(
+                webhook_url=servers[0].voice_url, auth_token=AUTH, hangup_after_s=0.5
+            ).run()
             assert first.outcome == "hung_up", (first.outcome, first.error)
             # The call has ended on the server too (its slot is free): only the used token can stop a replay.
             for server in servers:
@@ -123,12 +127,18 @@ async def test_a_used_token_is_refused_on_every_worker_and_instance(nursery, tmp
                 server = servers[i % len(servers)]
                 if i % 2:  # the very same stream start: token and CallSid
                     caller = TwilioCaller(
-                        stream_url=server.stream_url, auth_token=AUTH, call_sid=first.call_sid,
-                        custom_parameters=first.custom_parameters, hangup_after_s=1.0,
+                        stream_url=server.stream_url,
+                        auth_token=AUTH,
+                        call_sid=first.call_sid,
+                        custom_parameters=first.custom_parameters,
+                        hangup_after_s=1.0,
                     )
                 else:  # a replayed signed webhook: a fresh token for the same CallSid
                     caller = TwilioCaller(
-                        webhook_url=server.voice_url, auth_token=AUTH, call_sid=first.call_sid, hangup_after_s=1.0
+                        webhook_url=server.voice_url,
+                        auth_token=AUTH,
+                        call_sid=first.call_sid,
+                        hangup_after_s=1.0,
                     )
                 replays.append(await caller.run())
     accepted = [r for r in replays if r.outcome == "hung_up"]
@@ -183,8 +193,13 @@ async def test_sigterm_drains_every_worker_under_six_live_calls_without_1006(nur
 
 def status_form(sid: str, status: str, sequence: int) -> dict[str, str]:
     return {
-        "CallSid": sid, "CallStatus": status, "SequenceNumber": str(sequence), "Direction": "outbound-api",
-        "To": "+14155550100", "From": "+15005550006", "Timestamp": "Tue, 31 Aug 2010 20:36:28 +0000",
+        "CallSid": sid,
+        "CallStatus": status,
+        "SequenceNumber": str(sequence),
+        "Direction": "outbound-api",
+        "To": "+14155550100",
+        "From": "+15005550006",
+        "Timestamp": "Tue, 31 Aug 2010 20:36:28 +0000",
     }
 
 
@@ -261,7 +276,9 @@ async def test_redis_outage_live_calls_go_on_new_calls_get_busy_then_recover(nur
                 assert await server.metric("bridge_store_errors_total", 'op="reserve"') >= 1
                 assert await get_status(server.base_url + "/readyz") == 200  # still answers webhooks
                 redis.start()  # back on the same port, empty
-                back = await TwilioCaller(webhook_url=server.voice_url, auth_token=AUTH, hangup_after_s=0.5).run()
+                back = await TwilioCaller(
+                    webhook_url=server.voice_url, auth_token=AUTH, hangup_after_s=0.5
+                ).run()
             log = server.log()
     assert records[0].outcome == "hung_up" and records[0].close_code == 1000
     assert session.close_code == 1000
@@ -285,9 +302,23 @@ async def test_serve_says_where_it_listens_and_a_port_in_use_is_one_line_and_exi
         port = taken.getsockname()[1]
         result = await trio.to_thread.run_sync(
             lambda: subprocess.run(
-                [sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1", "--port", str(port),
-                 "--workers", "2"],
-                env=clean_env({}), cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                [
+                    sys.executable,
+                    "-m",
+                    "bridge",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "2",
+                ],
+                env=clean_env({}),
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
         )
     assert result.returncode == 2
@@ -344,7 +375,10 @@ async def test_store_contract(tmp_path, kind):
         assert not await store.record_create("CA7", {"sid": "CA7", "n": 2})
         await store.record_event("CA7", {"status": "ringing"})
         await store.record_event("CA7", {"status": "completed"})
-        assert await store.record_get("CA7") == ({"sid": "CA7", "n": 1}, [{"status": "ringing"}, {"status": "completed"}])
+        assert await store.record_get("CA7") == (
+            {"sid": "CA7", "n": 1},
+            [{"status": "ringing"}, {"status": "completed"}],
+        )
         assert await store.record_get("CA8") is None
         await store.ping()
 
@@ -369,9 +403,10 @@ async def test_idle_unauthenticated_sockets_hold_no_call_slot(nursery):
             async with trio.open_nursery() as calls:
                 for _ in range(2):
                     calls.start_soon(
-                        lambda: _append(records, TwilioCaller(
-                            webhook_url=bridge.voice_url, auth_token=AUTH, hangup_after_s=0.5
-                        ))
+                        lambda: _append(
+                            records,
+                            TwilioCaller(webhook_url=bridge.voice_url, auth_token=AUTH, hangup_after_s=0.5),
+                        )
                     )
     assert [r.outcome for r in records] == ["hung_up", "hung_up"], [(r.outcome, r.error) for r in records]
     assert len(agent.sessions) == 2
@@ -388,8 +423,12 @@ def _doctor(tmp_path: Path, env: dict[str, str]) -> Any:
     from fleet_helpers import clean_env
 
     return subprocess.run(
-        [sys.executable, "-m", "bridge", "doctor"], env=clean_env(env), cwd=tmp_path, capture_output=True,
-        text=True, timeout=60,
+        [sys.executable, "-m", "bridge", "doctor"],
+        env=clean_env(env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

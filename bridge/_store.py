@@ -110,7 +110,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def renew(self, call_sids: Sequence[str], ttl_s: float = LEASE_TTL_S) -> None:
-        """Extend the live leases of ``call_sids``."""
+        """Extend the live leases of ``call_sids`` (this process's live calls).
+
+        A lease that lapsed meanwhile (the store was unreachable for longer than its TTL) is put back:
+        the call is live, and the limit must count it again.
+        """
 
     @abc.abstractmethod
     async def release(self, call_sid: str) -> None:
@@ -195,8 +199,7 @@ class MemoryStore(Store):
     async def renew(self, call_sids: Sequence[str], ttl_s: float = LEASE_TTL_S) -> None:
         now = time.time()
         for sid in call_sids:
-            if sid in self._leases:
-                self._leases[sid] = (self._leases[sid][0], now + ttl_s)
+            self._leases[sid] = ("live", now + ttl_s)
 
     async def release(self, call_sid: str) -> None:
         self._leases.pop(call_sid, None)
@@ -331,7 +334,7 @@ class SqliteStore(Store):
     async def renew(self, call_sids: Sequence[str], ttl_s: float = LEASE_TTL_S) -> None:
         def body(db: sqlite3.Connection, now: float) -> None:
             db.executemany(
-                "UPDATE leases SET expires = ? WHERE sid = ?", [(now + ttl_s, s) for s in call_sids]
+                "INSERT OR REPLACE INTO leases VALUES (?, 'live', ?)", [(s, now + ttl_s) for s in call_sids]
             )
 
         await self._run(self._tx, body)
@@ -418,11 +421,14 @@ if ARGV[5] == '1' then redis.call('SET', KEYS[3], '1', 'PX', math.max(1000, tonu
 return 'ok'
 """
 )
-# KEYS: leases. ARGV: ttl ms, sid...
+# KEYS: leases, states. ARGV: ttl ms, sid...
 _LUA_RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
+  redis.call('HSET', KEYS[2], ARGV[i], 'live')
+end
 return 1
 """
 # KEYS: leases, states.
@@ -490,7 +496,7 @@ class RedisStore(Store):
     async def renew(self, call_sids: Sequence[str], ttl_s: float = LEASE_TTL_S) -> None:
         if call_sids:
             args: list[Any] = [int(ttl_s * 1000), *call_sids]
-            await self._do(lambda: self._renew(keys=[self._leases], args=args))
+            await self._do(lambda: self._renew(keys=[self._leases, self._states], args=args))
 
     async def release(self, call_sid: str) -> None:
         async def both() -> None:

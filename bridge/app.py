@@ -153,12 +153,15 @@ class BridgeState:
             await trio.sleep(RENEW_EVERY_S)
             if not self.leases:
                 continue
+            renewing = sorted(self.leases)
             try:
-                await self.store.renew(sorted(self.leases))
+                await self.store.renew(renewing)
             except StoreUnavailable as exc:
                 self.store_failed("renew", exc)
             else:
                 self.store_answered()
+            for call_sid in set(renewing) - self.leases:  # ended while the renewal was on its way
+                await self.release(call_sid)
 
     async def run_store(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the server's store (REDIS_URL, else the runtime directory's SQLite), keep leases alive."""

@@ -370,6 +370,8 @@ async def test_store_contract(tmp_path, kind):
         await trio.sleep(0.3)
         live = await store.live_calls()
         assert "CA4" not in live and live.get("CA5") == "live"
+        await store.renew(["CA4"])  # a live call whose lease lapsed (a long outage) is counted again
+        assert (await store.live_calls()).get("CA4") == "live"
         # Records: a base set once, events appended by anyone, read back the same.
         assert await store.record_create("CA7", {"sid": "CA7", "n": 1})
         assert not await store.record_create("CA7", {"sid": "CA7", "n": 2})

@@ -43,6 +43,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from bridge._config import Config, load_config
+from bridge._logging import configure_logging
 from bridge._server import hypercorn_config
 from bridge.app import RUNTIME_DIR_ENV, BridgeState, create_app
 
@@ -171,7 +172,7 @@ class _Supervisor:
     def start_one(self) -> None:
         proc = self.ctx.Process(target=_worker_main, args=(self.sockets, os.getpid()), daemon=False)
         proc.start()
-        print(f"speakr-bridge: [worker {proc.pid}] started", file=sys.stderr, flush=True)
+        logger.info("[worker %s] started", proc.pid)
         self.procs.append(proc)
         self.started_at[proc.pid or 0] = time.monotonic()
 
@@ -204,7 +205,7 @@ class _Supervisor:
                 lived = time.monotonic() - self.started_at.pop(proc.pid or 0, 0.0)
                 logger.error("worker %s exited (status %s) after %.0f s", proc.pid, proc.exitcode, lived)
                 if lived < MIN_WORKER_LIFE_S or self.restarts >= MAX_RESTARTS:
-                    print("speakr-bridge: a worker keeps dying; stopping the server", file=sys.stderr)
+                    logger.error("a worker keeps dying: stopping the server")
                     code = 1
                     self.on_signal(signal.SIGTERM, None)
                 else:
@@ -220,11 +221,11 @@ def serve_command(host: str, port: int, workers: int) -> int:
     except OSError as exc:
         print(f"speakr-bridge: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+    configure_logging(config.log_format)  # the operator's lines below follow LOG_FORMAT (json: one object)
     store = "redis" if config.redis_url else ("sqlite (shared by the workers)" if workers > 1 else "memory")
-    print(
-        f"speakr-bridge: listening on {_where(sockets)} with {workers} worker{'s' if workers > 1 else ''}"
-        f" (store: {store}); SIGTERM or Ctrl-C drains",
-        flush=True,
+    logger.info(
+        "listening on %s with %d worker%s (store: %s); SIGTERM or Ctrl-C drains",
+        _where(sockets), workers, "s" if workers > 1 else "", store,
     )
     if workers == 1:
         trio.run(_serve, config, sockets, None)

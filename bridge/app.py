@@ -116,9 +116,12 @@ class BridgeState:
         return None if ok else "busy"
 
     async def admit(self, start: _twilio.Start) -> str | None:
-        """The stream's step at ``start``: check the token, then use it and take the slot atomically."""
-        if self.draining:
-            return "draining"
+        """The stream's step at ``start``: check the token, then use it and take the slot atomically.
+
+        While draining, only a stream whose webhook reserved a slot before the drain began is admitted
+        (its caller was told "connect"; refusing it now would play the apology): a limit of 0 lets the
+        store claim an existing reservation and take nothing else.
+        """
         subject: str | None = None
         expiry = 0.0
         if self.tokens is not None:
@@ -128,8 +131,9 @@ class BridgeState:
             if refusal is not None:
                 return refusal
         try:
+            limit = 0 if self.draining else self.config.max_concurrent_calls
             refusal = await self.store.admit(
-                start.call_sid, subject=subject, token_expiry=expiry, limit=self.config.max_concurrent_calls
+                start.call_sid, subject=subject, token_expiry=expiry, limit=limit
             )
         except StoreUnavailable as exc:
             self.store_failed("admit", exc)
@@ -137,6 +141,8 @@ class BridgeState:
         self.store_answered()
         if refusal is None:
             self.leases.add(start.call_sid)
+        elif refusal == "busy" and self.draining:
+            refusal = "draining"
         return refusal
 
     async def release(self, call_sid: str) -> None:
@@ -364,8 +370,10 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    refusal = state.admission_refusal()
-    if refusal is None and state.validator is not None:
+    # A draining server still accepts the socket: a stream whose webhook reserved a slot before the
+    # drain began is admitted at its start (see BridgeState.admit); any other is refused there.
+    refusal = None
+    if state.validator is not None:
         signature = _header(scope.get("headers", []), b"x-twilio-signature")
         if signature is not None:
             host = _header(scope.get("headers", []), b"host")

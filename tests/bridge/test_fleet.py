@@ -476,3 +476,47 @@ def test_env_example_lists_every_variable_and_the_docs_stand_alone():
     assert anchors - headings == set()
     for target in re.findall(r"\]\(((?:docs|benchmarks)/[^)#]+)\)", readme):
         assert (root / target).exists(), target
+
+
+async def test_a_worker_that_dies_is_replaced_and_the_server_goes_on(tmp_path):
+    import os
+    import re
+
+    async with serve(tmp_path, workers=2) as server:
+        await trio.sleep(5.5)  # past MIN_WORKER_LIFE_S: a worker dying this late is replaced
+        pids = re.findall(r"\[worker (\d+)\] started", server.log())
+        assert len(pids) == 2
+        os.kill(int(pids[0]), signal.SIGKILL)
+        with trio.fail_after(20):
+            while len(re.findall(r"\[worker (\d+)\] started", server.log())) < 3:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            while server.log().count("store: ") < 3:  # noqa: ASYNC110 -- the new worker is serving
+                await trio.sleep(0.05)
+        for _ in range(10):
+            assert await get_status(server.base_url + "/readyz") == 200
+        assert server.process.returncode is None
+        server.signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            assert await server.process.wait() == 0
+    assert f"worker {pids[0]} exited" in server.log()
+
+
+async def test_while_draining_a_reserved_call_still_connects_and_nothing_else_does(nursery):
+    """A caller told "connect" just before the drain began is served, not given the apology."""
+    from e2e_helpers import start_bridge
+
+    agent = await start_agent(nursery)
+    bridge = await start_bridge(nursery, speakr_ws_url=agent.url)
+    reserved = "CA" + "1" * 32
+    with trio.fail_after(20):
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            answer = await client.post(bridge.voice_url, data={"CallSid": reserved})
+        assert "<Connect>" in answer.text
+        bridge.state.draining = True  # what the drain does first (bridge._serve.drain)
+        kept = await TwilioCaller(stream_url=bridge.stream_url, call_sid=reserved, hangup_after_s=0.5).run()
+        other = await TwilioCaller(stream_url=bridge.stream_url, hangup_after_s=0.5).run()
+        busy = await TwilioCaller(webhook_url=bridge.voice_url).run()
+    assert kept.outcome == "hung_up", (kept.outcome, kept.error)
+    assert other.outcome == "bridge_closed" and len(agent.sessions) == 1
+    assert_busy(busy)
+    assert bridge.metric("bridge_calls_rejected_total", {"reason": "draining"}) == 2

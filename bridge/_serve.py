@@ -16,7 +16,8 @@ the SQLite store that holds admission leases, used tokens and call records for a
 Drain, in every worker: on the first SIGTERM or SIGINT the parent forwards SIGTERM to each worker (workers
 ignore SIGINT, so a terminal's Ctrl-C, sent to the whole process group, reaches them once, through the
 parent; they stay in the parent's group, so an orchestrator that kills the group kills them too). A
-worker that drains answers ``/readyz`` 503, the voice webhook's busy TwiML and refuses new streams; live
+worker that drains answers ``/readyz`` 503, the voice webhook's busy TwiML and refuses new streams (but
+admits one whose webhook reserved a slot before the drain began: its caller was told "connect"); live
 calls may finish for up to ``BRIDGE_DRAIN_TIMEOUT_S``, then the ones still running are ended cleanly
 (Speakr closed with 1000, the Twilio stream closed so the caller hears the fallback) and Hypercorn shuts
 down. A second signal skips the wait. A worker whose parent is gone drains too. A worker that dies

@@ -328,7 +328,7 @@ class ServerProcess:
                 status, _ = await http_get("127.0.0.1", self.port, path, timeout_s=1.0)
                 if status == 200:
                     return
-            except OSError:
+            except (OSError, trio.TooSlowError):  # refused, or queued while the workers start
                 pass
             await trio.sleep(0.05)
         raise RuntimeError(f"{self.name} not ready after {timeout_s} s:\n{self.log_tail()}")

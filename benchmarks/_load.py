@@ -636,7 +636,7 @@ async def _settle(run: LoadRun) -> None:
 
 async def drive_load(
     ws_url_host: str,
-    ws_port: int,
+    ws_port: int | tuple[int, ...],
     agent: LeanAgentServer,
     calls: int,
     profile: LoadProfile,
@@ -647,11 +647,14 @@ async def drive_load(
 ) -> LoadResult:
     """Run ``calls`` concurrent real-time calls through the server at ``ws_url_host:ws_port``.
 
+    Several ports (instances of a fleet): calls are spread over them in turn.
+
     Phases: ramp (calls connect at ``profile.ramp_calls_per_s``), wait for every agent ``ready``
     (bounded), settle, measurement window (``probe()`` at its start and end), drain (callers stop
     talking; wait for the agent to have every complete frame), ``after_drain()`` (e.g. scrape
     /metrics), hang up. Never raises for what the server does: it is all in the result.
     """
+    ports = ws_port if isinstance(ws_port, tuple) else (ws_port,)
     run = LoadRun(calls, profile)
     agent.run = run
     result = run.result
@@ -663,7 +666,8 @@ async def drive_load(
                 caller = LeanCaller(run, i)
                 run.callers.append(caller)
                 run.buckets[i % TICK_BUCKETS].append(caller)
-                nursery.start_soon(caller.run_call, ws_url_host, ws_port, path, nursery, agent.poller)
+                port = ports[i % len(ports)]
+                nursery.start_soon(caller.run_call, ws_url_host, port, path, nursery, agent.poller)
                 await trio.sleep_until(t0 + (i + 1) / profile.ramp_calls_per_s)
             with trio.move_on_after(profile.ready_timeout_s):
                 await run.all_ready.wait()

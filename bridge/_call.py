@@ -119,8 +119,9 @@ class CallSettings:
     metrics: Metrics
     agent_url: str = field(repr=False)  # carries the API key in its query
     #: Validates ``start`` before any agent session is opened; returns a reason
-    #: to refuse the stream, or None. (The app's per-call token check.)
-    authorize: Callable[[_twilio.Start], str | None] | None = None
+    #: to refuse the stream, or None. (The app's per-call token check and admission:
+    #: it may await the shared store.)
+    authorize: Callable[[_twilio.Start], Awaitable[str | None]] | None = None
     #: Set by the server when live calls must end now (drain timeout).
     shutdown: trio.Event | None = None
     #: Completes a call through Twilio's REST API (given its CallSid) after the agent's ``end``
@@ -253,7 +254,7 @@ class _Call:
         try:
             with trio.move_on_after(self.config.stream_start_timeout_s) as start_scope:
                 while self.start is None:
-                    self.handle_twilio_event(await self.twilio.receive())
+                    await self.handle_twilio_event(await self.twilio.receive())
             if start_scope.cancelled_caught:
                 self.metrics.calls_rejected.labels("no_start").inc()
                 self.abort("twilio_no_start")
@@ -300,13 +301,13 @@ class _Call:
         self.dropping_stale = False
         return False
 
-    def handle_twilio_event(self, data: str | bytes) -> None:
+    async def handle_twilio_event(self, data: str | bytes) -> None:
         """Handle one message before ``start`` (connected, start, or out-of-order input)."""
         event = self.parse_twilio(data)
         if event is None:
             return
         if isinstance(event, _twilio.Start):
-            self.accept_start(event)
+            await self.accept_start(event)
         elif isinstance(event, _twilio.Connected):
             self.log.debug("twilio connected (protocol %s %s)", event.protocol, event.version)
         elif isinstance(event, _twilio.Stop):
@@ -314,9 +315,9 @@ class _Call:
         else:
             self.count_error("twilio", "before_start", f"{type(event).__name__} before start")
 
-    def accept_start(self, event: _twilio.Start) -> None:
+    async def accept_start(self, event: _twilio.Start) -> None:
         if self.settings.authorize is not None:
-            refusal = self.settings.authorize(event)
+            refusal = await self.settings.authorize(event)
             if refusal is not None:
                 self.metrics.calls_rejected.labels(refusal).inc()
                 self.result.call_sid, self.result.stream_sid = event.call_sid, event.stream_sid

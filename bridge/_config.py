@@ -89,6 +89,8 @@ class Config:
     drain_timeout_s: float = 30.0
     agent_stall_timeout_s: float = 5.0
     bridge_token_ttl_s: float = 300.0
+    #: Redis/Valkey shared by a fleet (may carry a password: a Secret). Unset: the embedded store.
+    redis_url: Secret = field(default_factory=lambda: Secret(""))
 
     def agent_url(self) -> str | None:
         """The Speakr URL with ``api_key`` added to its query. Contains the key: never log it."""
@@ -145,6 +147,13 @@ def _http_url(var: str, raw: str) -> str:
     if parts.query or parts.fragment:
         raise ConfigError(var, f"{var} must not carry a query or fragment, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _redis_url(var: str, raw: str) -> Secret:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ConfigError(var, "must be a redis://, rediss:// or unix:// URL")
+    return Secret(raw)
 
 
 def _secret(var: str, raw: str) -> Secret:
@@ -212,6 +221,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "BRIDGE_API_TOKEN": ("bridge_api_token", _secret),
     "MAX_CONCURRENT_CALLS": ("max_concurrent_calls", _int_in(1, 100_000)),
     "LOG_FORMAT": ("log_format", _log_format),
+    "REDIS_URL": ("redis_url", _redis_url),
     # Operational tuning; defaults suit a real phone line.
     "BRIDGE_AGENT_CONNECT_TIMEOUT_S": ("agent_connect_timeout_s", _float_in(0.1, 120.0)),
     "BRIDGE_AGENT_READY_TIMEOUT_S": ("agent_ready_timeout_s", _float_in(0.1, 120.0)),

@@ -61,11 +61,28 @@ async def check_public_url(public_url: str, timeout_s: float = 5.0) -> list[Find
         if response.status_code == 200:
             findings.append(Finding(OK, f"PUBLIC_URL reaches a running bridge ({public_url}/healthz)"))
         else:
-            findings.append(Finding(WARN, f"{public_url}/healthz answered HTTP {response.status_code}"))
+            findings.append(Finding(FAIL, f"{public_url}/healthz answered HTTP {response.status_code}"))
     except httpx.HTTPError as exc:
-        findings.append(Finding(WARN, f"{public_url}/healthz not reachable now ({type(exc).__name__}); "
+        # Twilio reaches the bridge only through PUBLIC_URL: if doctor cannot, calls will not connect.
+        findings.append(Finding(FAIL, f"{public_url}/healthz not reachable ({type(exc).__name__}); "
                                       "is `speakr-bridge serve` running behind it?"))
     return findings
+
+
+async def check_store(config: Config) -> Finding:
+    """Which store the server will use, and (for Redis) whether it answers now."""
+    from bridge._store import StoreUnavailable, open_store
+
+    if not config.redis_url:
+        return Finding(OK, "store: embedded (memory with one worker, SQLite shared by `serve --workers N`); "
+                           "set REDIS_URL to share calls across hosts")
+    async with open_store(config.redis_url.reveal(), None) as store:
+        try:
+            await store.ping()
+        except StoreUnavailable as exc:
+            return Finding(FAIL, f"store: {store.describe()} does not answer ({exc}): new calls would get "
+                                 "the busy answer")
+        return Finding(OK, f"store: {store.describe()} answers")
 
 
 async def _run(config: Config) -> list[Finding]:
@@ -95,6 +112,7 @@ async def _run(config: Config) -> list[Finding]:
         if not config.speakr_api_key:
             findings.append(Finding(WARN, "SPEAKR_API_KEY unset"))
         findings.append(await check_agent(agent_url))
+    findings.append(await check_store(config))
     if config.public_url:
         findings.extend(await check_public_url(config.public_url))
     else:

@@ -7,13 +7,22 @@ per call). A call therefore counts frames and bytes in plain integers
 and when it ends. Everything that is rare (errors, barge-in events, call
 ends) goes straight to the registry. No label ever carries a secret or a
 caller-controlled string: labels are fixed, short vocabularies.
+
+Several worker processes (``serve --workers N``): ``serve`` sets
+``PROMETHEUS_MULTIPROC_DIR`` to a fresh directory before it starts them, so
+prometheus-client keeps every value in a per-process file there and
+:meth:`Metrics.render` sums the files of all workers: one scrape counts the
+whole server. Gauges say how to combine processes (``livesum`` for calls in
+progress: a dead worker's calls are not). Without the variable (one process,
+tests that build many apps) each app has its own in-memory registry.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 __all__ = ["Metrics", "CallCounters"]
 
@@ -26,7 +35,17 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.calls_active = Gauge("bridge_calls_active", "Calls in progress", registry=r)
+        self.calls_active = Gauge(
+            "bridge_calls_active", "Calls in progress", registry=r, multiprocess_mode="livesum"
+        )
+        self.store_up = Gauge(
+            "bridge_store_up", "1 while the shared store answers (0 in any worker that finds it down)",
+            registry=r, multiprocess_mode="livemin",
+        )
+        self.store_up.set(1)
+        self.store_errors = Counter(
+            "bridge_store_errors", "Shared-store operations that failed, by operation", ["op"], registry=r
+        )
         self.calls_total = Counter("bridge_calls", "Calls started (stream accepted)", registry=r)
         self.calls_ended = Counter(
             "bridge_calls_ended", "Calls ended, by reason", ["reason"], registry=r
@@ -72,7 +91,11 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        """The registry in Prometheus text format."""
+        """The registry in Prometheus text format (every worker's, in multiprocess mode)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            combined = CollectorRegistry()
+            multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+            return generate_latest(combined)
         return generate_latest(self.registry)
 
 

@@ -32,7 +32,11 @@ Hanging up: :meth:`OutboundCalls.hangup` is the call runner's hook after the age
 out; it completes the call through the REST API so that Twilio does not go on to the TwiML after
 ``</Connect>`` (the apology meant for failures). A call that already ended is not an error.
 
-The registry is per process: with ``--workers N`` a GET may reach a worker that has not seen the call.
+Sharing: the HTTP routes keep every record in the app's store (``_store.py``: a base set once, then an
+append-only list of status and hang-up events, replayed by :meth:`_TrackedCall.replay`), so a callback may
+land on any worker or host and ``GET /calls/<sid>`` gives the same answer from each. The synchronous
+:meth:`OutboundCalls.record_status` and :meth:`OutboundCalls.view` keep a process-local registry for callers
+without a store.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from bridge._config import Config
 from bridge._errors import ConfigError, short_repr
 from bridge._metrics import Metrics
 from bridge._speakr import WIRE_FIELDS, validate_field
+from bridge._store import MemoryStore, Store, StoreUnavailable
 from bridge._tokens import CallTokens
 from bridge._twilio_rest import STATUS_CALLBACK_EVENTS, TwilioRest, TwilioRestError
 from bridge._twiml import connect_twiml, stream_url
@@ -373,6 +378,40 @@ class _TrackedCall:
             "call_duration_s": self.call_duration_s,
         }
 
+    def base(self) -> dict[str, Any]:
+        """What is set once, as stored."""
+        return {
+            "sid": self.sid, "to": self.to, "from": self.from_, "created_at": self.created_at,
+            "source": self.source, "settings": dict(self.settings), "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def replay(cls, base: dict[str, Any], events: list[dict[str, Any]]) -> _TrackedCall:
+        """A call rebuilt from its stored base and events, as :meth:`add_event` would have built it."""
+        tracked = cls(
+            str(base["sid"]), base.get("to"), base.get("from"), float(base["created_at"]),
+            str(base["source"]),
+            dict(base.get("settings") or {}), dict(base.get("metadata") or {}),
+        )
+        for event in events:
+            tracked.apply(event)
+        return tracked
+
+    def apply(self, event: dict[str, Any]) -> bool:
+        """Apply one stored event; True when it changed the record."""
+        if event.get("kind") == "hangup":
+            self.hangup = event.get("hangup")
+            return True
+        status = event.get("status")
+        if status not in _RANK:
+            return False
+        if not self.add_event(status, float(event["at"]), event.get("timestamp"), event.get("sequence")):
+            return False
+        duration = event.get("duration")
+        if status in _TERMINAL and isinstance(duration, int):
+            self.call_duration_s = duration
+        return True
+
     def view(self) -> dict[str, Any]:
         return {
             "sid": self.sid,
@@ -418,6 +457,8 @@ class OutboundCalls:
         self.config = config
         self.max_calls = max_calls
         self._calls: OrderedDict[str, _TrackedCall] = OrderedDict()
+        #: Where the HTTP routes keep records; the app replaces it with the server's store.
+        self.store: Store = MemoryStore()
         self._rest: TwilioRest | None = None
         try:
             self._rest = TwilioRest.from_config(config)
@@ -468,8 +509,14 @@ class OutboundCalls:
         tracked = _TrackedCall(
             info.sid, prepared.to, prepared.from_, now, "api", dict(call.settings), dict(call.metadata)
         )
-        tracked.add_event(info.status if info.status in _RANK else "queued", now, None, None)
+        first = {"status": info.status if info.status in _RANK else "queued", "at": now}
+        tracked.apply(first)
         self._remember(tracked)
+        try:
+            await self.store.record_create(tracked.sid, tracked.base())
+            await self.store.record_event(tracked.sid, first)
+        except StoreUnavailable as exc:  # the call is placed: say so, and log that its record is not shared
+            logger.error("[%s] call record not stored: %s", info.sid, exc)
         logger.info(
             "[%s] outbound call placed to %s (%s), settings: %s",
             info.sid,
@@ -489,6 +536,59 @@ class OutboundCalls:
         """What we know of a call, or None when it is not (or no longer) in the registry."""
         tracked = self._calls.get(call_sid)
         return None if tracked is None else tracked.view()
+
+    async def shared_view(self, call_sid: str) -> dict[str, Any] | None:
+        """What the store knows of a call (any worker or host wrote it), or None.
+
+        Raises:
+            StoreUnavailable: the store did not answer.
+        """
+        found = await self.store.record_get(call_sid)
+        return None if found is None else _TrackedCall.replay(*found).view()
+
+    async def record_status_shared(self, form: Mapping[str, str]) -> None:
+        """:meth:`record_status` against the store: what every worker and host sees.
+
+        Raises:
+            StoreUnavailable: the store did not answer (the route answers 503: Twilio retries).
+        """
+        if form.get("StreamEvent"):
+            return
+        sid = form.get("CallSid", "")
+        status = form.get("CallStatus", "")
+        status = "in-progress" if status == "answered" else status
+        if not _CALL_SID.fullmatch(sid) or status not in _RANK:
+            logger.warning(
+                "status callback ignored: CallSid %s, CallStatus %s", short_repr(sid), short_repr(status)
+            )
+            return
+        now = time.time()
+        found = await self.store.record_get(sid)
+        if found is None:
+            if form.get("Direction") != "outbound-api":
+                return
+            tracked = _TrackedCall(
+                sid, _form_text(form, "To"), _form_text(form, "From"), now, "status_callback"
+            )
+            await self.store.record_create(sid, tracked.base())
+            found = await self.store.record_get(sid)  # another worker may have created it first
+            if found is None:
+                return
+        tracked = _TrackedCall.replay(*found)
+        was_terminal = tracked.status in _TERMINAL
+        duration = form.get("CallDuration")
+        whole = isinstance(duration, str) and duration.isdigit() and len(duration) < 9
+        event: dict[str, Any] = {
+            "status": status, "at": now, "timestamp": _form_text(form, "Timestamp"),
+            "sequence": _form_text(form, "SequenceNumber"),
+            "duration": int(duration) if whole and isinstance(duration, str) else None,
+        }
+        if not tracked.apply(event):
+            return  # a duplicate (Twilio retries) or past the history bound
+        await self.store.record_event(sid, event)
+        logger.info("[%s] outbound call status: %s", sid, status)
+        if not was_terminal and tracked.status in _TERMINAL:
+            self.ends.labels(tracked.status).inc()
 
     # --- status callbacks ---------------------------------------------------------------------------
 
@@ -542,9 +642,15 @@ class OutboundCalls:
             return
         outcome = await self._rest.complete_call(call_sid, timeout_s=HANGUP_TIMEOUT_S)
         self.hangups.labels(outcome).inc()
+        hangup = {"at": _iso(time.time()), "outcome": outcome}
         tracked = self._calls.get(call_sid)
         if tracked is not None:
-            tracked.hangup = {"at": _iso(time.time()), "outcome": outcome}
+            tracked.hangup = hangup
+        try:
+            if await self.store.record_get(call_sid) is not None:
+                await self.store.record_event(call_sid, {"kind": "hangup", "hangup": hangup})
+        except StoreUnavailable as exc:
+            logger.warning("[%s] hang-up not recorded: %s", call_sid, exc)
 
     # --- HTTP ---------------------------------------------------------------------------------------
 
@@ -561,7 +667,11 @@ class OutboundCalls:
             refusal = self._refusal()
             if refusal is not None:
                 return refusal
-            found = self.view(sid)
+            try:
+                found = await self.shared_view(sid)
+            except StoreUnavailable as exc:
+                logger.warning("GET /calls/%s: %s", short_repr(sid), exc)
+                return _json({"error": "the call store is unavailable, try again", "field": None}, 503)
             if found is None:
                 return _json({"error": "no such call", "field": "sid"}, 404)
             return _json(found, 200)

@@ -11,6 +11,7 @@ runner an explicit ``websocket.disconnect`` and one await per message.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -26,10 +27,14 @@ from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
 from bridge._metrics import Metrics
 from bridge._outbound import OutboundCalls, token_subject
+from bridge._store import RENEW_EVERY_S, MemoryStore, Store, StoreUnavailable, open_store
 from bridge._tokens import CallTokens
 from bridge._twiml import STREAM_PATH, busy_twiml, connect_twiml, stream_url
 
-__all__ = ["create_app", "BridgeState", "STREAM_PATH"]
+__all__ = ["create_app", "BridgeState", "STREAM_PATH", "RUNTIME_DIR_ENV"]
+
+#: Set by ``serve`` for its workers: a fresh directory for the SQLite store (and the metrics files).
+RUNTIME_DIR_ENV = "SPEAKR_BRIDGE_RUNTIME_DIR"
 
 logger = logging.getLogger("bridge.app")
 
@@ -40,12 +45,22 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class BridgeState:
-    """Process-wide state of one app: config, metrics, admission, issued tokens."""
+    """Process-wide state of one app: config, metrics, the store, admission, issued tokens.
+
+    Admission (theory of operation): the voice webhook reserves a lease for its CallSid in the store
+    (:meth:`reserve`) before it answers "connect", so a caller past ``MAX_CONCURRENT_CALLS`` hears the
+    busy answer there. A stream is counted only at its ``start``, once its token is valid (or checks are
+    off), by one atomic store step that uses the token up and claims the reservation, or takes a free slot
+    when there is none (:meth:`admit`). Idle or unauthenticated sockets therefore hold no slot. Live leases
+    are renewed by one task per process (:meth:`keep_leases`) and given back when the call ends. When the
+    store cannot be reached, new calls fail closed (busy at the webhook, streams refused); calls already
+    admitted go on (see ``_store.py``).
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.active_calls = 0
+        self.active_calls = 0  # streams being served by this process (admitted or not yet)
         self.draining = False
         self.agent_url: str | None = config.agent_url()
         self.validator = (
@@ -57,24 +72,120 @@ class BridgeState:
             else None
         )
         self.outbound = OutboundCalls(config, self.metrics)
+        self.store: Store = MemoryStore()
+        self.outbound.store = self.store
+        self.store_ok = True
+        self.leases: set[str] = set()  # CallSids admitted by this process and still live
         self.calls_drained = trio.Event()
         self.end_all_calls = trio.Event()
+
+    def use_store(self, store: Store) -> None:
+        self.store = self.outbound.store = store
 
     # --- admission -------------------------------------------------------------------
 
     def admission_refusal(self) -> str | None:
-        """Why a new call cannot be taken now, or None."""
+        """Why this process takes no new call now (it is draining), or None."""
+        return "draining" if self.draining else None
+
+    def store_failed(self, op: str, exc: StoreUnavailable) -> None:
+        self.metrics.store_errors.labels(op).inc()
+        if self.store_ok:
+            self.store_ok = False
+            self.metrics.store_up.set(0)
+            logger.error(
+                "store unreachable (%s): new calls get the busy answer until it is back: %s", op, exc
+            )
+
+    def store_answered(self) -> None:
+        if not self.store_ok:
+            self.store_ok = True
+            self.metrics.store_up.set(1)
+            logger.warning("store reachable again: taking new calls")
+
+    async def reserve(self, call_sid: str) -> str | None:
+        """The voice webhook's step: reserve a slot for ``call_sid``; why not, or None."""
         if self.draining:
             return "draining"
-        if self.active_calls >= self.config.max_concurrent_calls:
-            return "busy"
-        return None
+        try:
+            ok = await self.store.reserve(call_sid, limit=self.config.max_concurrent_calls)
+        except StoreUnavailable as exc:
+            self.store_failed("reserve", exc)
+            return "store_unavailable"
+        self.store_answered()
+        return None if ok else "busy"
 
-    def authorize_start(self, start: _twilio.Start) -> str | None:
-        if self.tokens is None:
-            return None
-        params = start.custom_parameters
-        return self.tokens.redeem(token_subject(start.call_sid, params), params.get(CallTokens.PARAMETER))
+    async def admit(self, start: _twilio.Start) -> str | None:
+        """The stream's step at ``start``: check the token, then use it and take the slot atomically.
+
+        While draining, only a stream whose webhook reserved a slot before the drain began is admitted
+        (its caller was told "connect"; refusing it now would play the apology): a limit of 0 lets the
+        store claim an existing reservation and take nothing else.
+        """
+        subject: str | None = None
+        expiry = 0.0
+        if self.tokens is not None:
+            params = start.custom_parameters
+            subject = token_subject(start.call_sid, params)
+            refusal, expiry = self.tokens.verify(subject, params.get(CallTokens.PARAMETER))
+            if refusal is not None:
+                return refusal
+        try:
+            limit = 0 if self.draining else self.config.max_concurrent_calls
+            refusal = await self.store.admit(
+                start.call_sid, subject=subject, token_expiry=expiry, limit=limit
+            )
+        except StoreUnavailable as exc:
+            self.store_failed("admit", exc)
+            return "store_unavailable"
+        self.store_answered()
+        if refusal is None:
+            self.leases.add(start.call_sid)
+        elif refusal == "busy" and self.draining:
+            refusal = "draining"
+        return refusal
+
+    async def release(self, call_sid: str) -> None:
+        self.leases.discard(call_sid)
+        try:
+            with trio.CancelScope(shield=True):
+                await self.store.release(call_sid)
+        except StoreUnavailable as exc:  # the lease lapses by itself within LEASE_TTL_S
+            self.store_failed("release", exc)
+
+    async def keep_leases(self) -> None:
+        """Renew this process's live leases every RENEW_EVERY_S, for as long as the app runs."""
+        while True:
+            await trio.sleep(RENEW_EVERY_S)
+            if not self.leases:
+                continue
+            renewing = sorted(self.leases)
+            try:
+                await self.store.renew(renewing)
+            except StoreUnavailable as exc:
+                self.store_failed("renew", exc)
+            else:
+                self.store_answered()
+            for call_sid in set(renewing) - self.leases:  # ended while the renewal was on its way
+                await self.release(call_sid)
+
+    async def run_store(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the server's store (REDIS_URL, else the runtime directory's SQLite), keep leases alive."""
+        runtime_dir = os.environ.get(RUNTIME_DIR_ENV) or None
+        redis_url = self.config.redis_url.reveal() or None
+        if redis_url is None and runtime_dir is None:
+            task_status.started()
+            await self.keep_leases()
+            return
+        async with open_store(redis_url, runtime_dir) as store:
+            self.use_store(store)
+            logger.info("store: %s", store.describe())
+            try:
+                await store.ping()
+            except StoreUnavailable as exc:
+                self.store_failed("ping", exc)
+            task_status.started()
+            await self.keep_leases()
 
 
 # --- URLs and signatures -----------------------------------------------------------
@@ -126,6 +237,10 @@ def create_app(config: Config | None = None) -> QuartTrio:
         )
 
     @app.before_serving
+    async def start_store() -> None:
+        await app.nursery.start(state.run_store)
+
+    @app.before_serving
     async def start_local_agent() -> None:
         if state.agent_url is None:
             from bridge._local_agent import LocalAgentServer
@@ -156,7 +271,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
             return "invalid Twilio signature", 403
         form = await request.form
         call_sid = form.get("CallSid", "")
-        refusal = state.admission_refusal()
+        refusal = await state.reserve(call_sid) if call_sid else state.admission_refusal()
         if refusal is not None:
             state.metrics.webhooks.labels("voice", refusal).inc()
             state.metrics.calls_rejected.labels(refusal).inc()
@@ -174,7 +289,11 @@ def create_app(config: Config | None = None) -> QuartTrio:
         if not await signed("status"):
             return "invalid Twilio signature", 403
         form = await request.form
-        state.outbound.record_status(form)
+        try:
+            await state.outbound.record_status_shared(form)
+        except StoreUnavailable as exc:
+            state.store_failed("record", exc)
+            return "call store unavailable", 503  # Twilio retries the callback
         status = form.get("StreamEvent") or form.get("CallStatus") or "unknown"
         label = status if status.replace("-", "").isalpha() and len(status) <= 24 else "other"
         state.metrics.status_callbacks.labels(label).inc()
@@ -188,8 +307,9 @@ def create_app(config: Config | None = None) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> tuple[str, int]:
-        refusal = state.admission_refusal()
-        return (refusal + "\n", 503) if refusal == "draining" else ("ready\n", 200)
+        # Only a drain makes a worker unready: during a store outage it still answers every webhook
+        # (with the busy answer), which beats the load balancer having no backend at all.
+        return ("draining\n", 503) if state.draining else ("ready\n", 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -242,12 +362,18 @@ class AsgiTwilioSocket:
 
 
 async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send: Send) -> None:
-    """Accept (or refuse) one Twilio Media Stream, then run its call."""
+    """Accept (or refuse) one Twilio Media Stream, then run its call.
+
+    The stream holds no slot until its ``start`` is admitted (:meth:`BridgeState.admit`); its lease is
+    given back when the call ends, whichever way it ends.
+    """
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    refusal = state.admission_refusal()
-    if refusal is None and state.validator is not None:
+    # A draining server still accepts the socket: a stream whose webhook reserved a slot before the
+    # drain began is admitted at its start (see BridgeState.admit); any other is refused there.
+    refusal = None
+    if state.validator is not None:
         signature = _header(scope.get("headers", []), b"x-twilio-signature")
         if signature is not None:
             host = _header(scope.get("headers", []), b"host")
@@ -265,11 +391,19 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         return
     await send({"type": "websocket.accept"})
     socket = AsgiTwilioSocket(receive, send)
+    admitted: list[str] = []
+
+    async def authorize(start: _twilio.Start) -> str | None:
+        refusal = await state.admit(start)
+        if refusal is None:
+            admitted.append(start.call_sid)
+        return refusal
+
     settings = CallSettings(
         config=state.config,
         metrics=state.metrics,
         agent_url=agent_url,
-        authorize=state.authorize_start if state.validator is not None else None,
+        authorize=authorize,
         shutdown=state.end_all_calls,
         hangup=state.outbound.hangup if state.outbound.rest_configured else None,
     )
@@ -282,6 +416,8 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         logger.exception("call failed with an internal error")
         await socket.close(1011)
     finally:
+        for call_sid in admitted:
+            await state.release(call_sid)
         state.active_calls -= 1
         if state.active_calls == 0 and state.draining:
             state.calls_drained.set()

@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -54,6 +54,7 @@ __all__ = [
     "System",
     "callgrind_missing",
     "measure",
+    "python_argv",
 ]
 
 VALGRIND: Final = "valgrind"
@@ -322,7 +323,3 @@ async def measure(systems: Sequence[System], workdir: Path, log: Callable[[str],
 def python_argv(*args: str) -> list[str]:
     """``sys.executable`` itself (valgrind must run the interpreter, not a shell shim) with ``args``."""
     return [os.path.realpath(sys.executable), *args]
-
-
-def env_with(base: Mapping[str, str], **extra: str) -> dict[str, str]:
-    return {**base, **extra}

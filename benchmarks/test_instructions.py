@@ -83,14 +83,20 @@ NOTES: Final = """\
 
 
 def _commit() -> str:
+    """The commit measured, ``-dirty`` if anything but the results differs from it."""
+    here = str(Path(__file__).parent.parent)
     try:
-        out = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+        head = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"],
             capture_output=True, text=True, timeout=10, check=False,
-        )
-        return out.stdout.strip() or "?"
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--", ".", ":(exclude)benchmarks/results"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout.strip()
     except OSError:
         return "?"
+    return (head or "?") + ("-dirty" if changed else "")
 
 
 def _figures(c: Counts) -> dict[str, float]:

@@ -9,9 +9,12 @@ Theory of operation
   512-byte Speakr frames (:class:`~bridge._uplink.UplinkFramer`, which holds the
   last second until Speakr is ``ready``); Twilio's returned marks go to the
   playback ledger, whose ``status`` actions are queued for Speakr.
-* **Speakr sender** is the only writer of the Speakr socket. It sends ``start``
-  once both Speakr's ``initial`` and Twilio's ``start`` have arrived, then drains
-  the uplink channel (audio frames and statuses) in order.
+* **Speakr sender** writes the Speakr socket. It sends ``start`` once both
+  Speakr's ``initial`` and Twilio's ``start`` have arrived, then drains the
+  uplink channel (audio frames and statuses) in order. While it is parked on an
+  empty channel and the socket has room, the Twilio receiver sends a new frame
+  itself instead of queueing it (no task hop per frame); any put ends that, so
+  nothing queued is overtaken, and a slow agent still fills the channel.
 * **Speakr receiver** opens the Speakr socket as soon as the stream is accepted
   (in parallel with waiting for Twilio's ``start``) and is the only writer of the
   Twilio socket: agent audio is resampled and μ-law encoded

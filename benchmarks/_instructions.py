@@ -99,13 +99,19 @@ class System:
         argv: the server command for a port (``sys.executable`` first; it is run under callgrind).
         env: its environment for the lean agent's URL.
 
-    A later backend (another agent protocol) adds a System whose server talks to an agent the lean driver
-    can play; the windows and the arithmetic stay the same.
+        agent: the lean agent the server talks to (its ``url`` goes to ``env``).
+
+    A later backend (another agent protocol: OpenAI, Deepgram) adds a System: the bridge's command and
+    environment selecting that backend, and a lean agent for its protocol with the same face as
+    :class:`LeanAgentServer` (``serve``, ``url``, ``poller``, ``run``, and a session per call that links
+    itself as ``caller.agent`` and sends one 100 ms message on ``_media``). The windows and the
+    arithmetic stay the same, and the report gets its row.
     """
 
     name: str
     argv: Callable[[int], list[str]]
     env: Callable[[str], dict[str, str]]
+    agent: Callable[[], LeanAgentServer] = LeanAgentServer
 
 
 @dataclass(slots=True)
@@ -267,7 +273,7 @@ class _Stepper:
 
 async def _measure_one(system: System, workdir: Path, log: Callable[[str], None]) -> Counts:
     counts = Counts(system.name)
-    agent = LeanAgentServer()
+    agent = system.agent()
     async with trio.open_nursery() as nursery:
         await nursery.start(agent.serve)
         cg = Callgrind(system, agent.url, workdir)

@@ -218,6 +218,8 @@ class LeanCaller:
         self.hung_up = False
         self.done = trio.Event()
         self.ready_event = trio.Event()
+        self.talk_t0: float | None = None  # perf_counter of the first media frame: the stream clock's 0
+        self.agent: _AgentSession | None = None  # the agent session linked to this call, once ``start``
         self.epoch = 0  # Twilio clears received
         self.fifo: deque[tuple[int, float, bool]] = deque()  # (epoch, agent send time, in window)
         self.frames_at_agent = 0
@@ -354,15 +356,22 @@ class LeanCaller:
             self.run.result.marks_echoed += len(due)
         if self.ready and self.run.talking:
             k = self.frames_sent
+            # Twilio's stream clock is the phone's real time: the timestamp is when the frame goes out,
+            # by this driver's clock, not ``k * 20``. The real-time ticker sends on 20 ms deadlines, so
+            # the two agree there; a driver stepping slower (the instruction benchmark waits for a
+            # server under valgrind) then still sends audio that is on time, as a slow phone would.
+            sent = time.perf_counter()
+            if self.talk_t0 is None:
+                self.talk_t0 = sent
             text = _twilio.media_event_message(
                 stream_sid=self.stream_sid,
                 payload=_CALLER_FRAMES[k % len(_CALLER_FRAMES)],
                 chunk=k + 1,
-                timestamp_ms=k * 20,
+                timestamp_ms=round((sent - self.talk_t0) * 1000),
                 sequence_number=self._seq(),
             )
             out += ws_frame(OP_TEXT, text.encode(), masked=True)
-            self.sent_at.append(time.perf_counter())
+            self.sent_at.append(sent)
             self.frames_sent = k + 1
             if self.run.measuring:
                 self.run.result.caller_frames += 1
@@ -522,6 +531,7 @@ class _AgentSession:
             self.server.unlinked_sessions += 1
             return
         self.caller = caller
+        caller.agent = self
         self.session_id = params.get("sessionId", "s")
         self._send(_speakr.ready_message())
         t = time.perf_counter()

@@ -29,6 +29,13 @@ def bench_report(pytestconfig: pytest.Config) -> list[str]:
     return pytestconfig.stash.setdefault(_REPORTS, [])
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "instructions: instruction counts under valgrind callgrind (`pytest benchmarks -m instructions`)",
+    )
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     """Say which BLAS threading the numbers were taken with."""
     threads = os.environ.get("OPENBLAS_NUM_THREADS")

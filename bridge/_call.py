@@ -9,9 +9,12 @@ Theory of operation
   512-byte Speakr frames (:class:`~bridge._uplink.UplinkFramer`, which holds the
   last second until Speakr is ``ready``); Twilio's returned marks go to the
   playback ledger, whose ``status`` actions are queued for Speakr.
-* **Speakr sender** is the only writer of the Speakr socket. It sends ``start``
-  once both Speakr's ``initial`` and Twilio's ``start`` have arrived, then drains
-  the uplink channel (audio frames and statuses) in order.
+* **Speakr sender** writes the Speakr socket. It sends ``start`` once both
+  Speakr's ``initial`` and Twilio's ``start`` have arrived, then drains the
+  uplink channel (audio frames and statuses) in order. While it is parked on an
+  empty channel and the socket has room, the Twilio receiver sends a new frame
+  itself instead of queueing it (no task hop per frame); any put ends that, so
+  nothing queued is overtaken, and a slow agent still fills the channel.
 * **Speakr receiver** opens the Speakr socket as soon as the stream is accepted
   (in parallel with waiting for Twilio's ``start``) and is the only writer of the
   Twilio socket: agent audio is resampled and μ-law encoded
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import select
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -96,6 +100,31 @@ STALE_UPLINK_S = 0.5
 LOGGED_ERRORS_PER_KIND = 5
 #: How often the per-call hot-path counters are folded into the registry.
 COUNTER_FLUSH_FRAMES = 50
+
+
+def _never() -> bool:
+    return False
+
+
+def _writable_probe(ws: trio_websocket.WebSocketConnection) -> Callable[[], bool]:
+    """A zero-timeout check that the agent socket's kernel buffer has room, or one that says no.
+
+    trio-websocket does not expose its stream: if a later version renames the attribute, frames all
+    take the task hop again (slower, still correct); tests/bridge/test_uplink_order.py notices.
+    """
+    stream: Any = getattr(ws, "_stream", None)
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return _never
+    poller = select.poll()
+    poller.register(stream.socket.fileno(), select.POLLOUT)
+
+    def writable() -> bool:
+        # POLLOUT: at least a third of the send buffer is free, far more than one 516-byte frame.
+        return bool(poller.poll(0))
+
+    return writable
 
 
 class TwilioSocket(Protocol):
@@ -182,6 +211,11 @@ class _Call:
         self.uplink_send, self.uplink_recv = trio.open_memory_channel[tuple[str | bytes, float]](
             UPLINK_CHANNEL_ITEMS
         )
+        # The Speakr sender waits on an empty uplink channel (see send_frame_now); and whether the
+        # agent socket takes a frame without waiting (set once the socket is open).
+        self.sender_idle = False
+        self.speakr_writable: Callable[[], bool] = _never
+        self.hop_uplink = settings.metrics.hop_latency.labels("uplink")
         self.started = trio.Event()  # Twilio start accepted (and authorized)
         self.ended = trio.Event()  # a reason to end was recorded
         self.speakr_open = trio.Event()
@@ -270,7 +304,10 @@ class _Call:
                     counters.twilio_frames_in += 1
                     counters.twilio_bytes_in += len(event.payload)
                     for frame in framer.feed(pcm):
-                        put(frame, now)
+                        if self.sender_idle and self.speakr_writable():
+                            await self.send_frame_now(frame, now)
+                        else:
+                            put(frame, now)
                     if counters.twilio_frames_in >= COUNTER_FLUSH_FRAMES:
                         counters.flush(self.metrics)
                 elif event is not None and self.dispatch_twilio(event):
@@ -367,9 +404,32 @@ class _Call:
         if self.ending_after_playout and self.ledger.idle:
             self.playout_done.set()
 
+    async def send_frame_now(self, frame: bytes, t_received: float) -> None:
+        """Send one caller frame to Speakr from the Twilio receiver itself: no task hop.
+
+        Only while the sender is parked on an empty uplink channel (so nothing queued can be
+        overtaken, and nobody else is writing the socket) and the socket takes data without
+        waiting (so a slow agent still fills the channel and meets its overflow rule, as ever).
+        """
+        ws = self.speakr
+        assert ws is not None
+        try:
+            await ws.send_message(frame)
+        except trio_websocket.ConnectionClosed:
+            # The Speakr receiver sees the same close and ends the call (agent_gone).
+            self.speakr_writable = _never
+            return
+        counters = self.counters
+        counters.speakr_frames_out += 1
+        counters.speakr_bytes_out += len(frame)
+        self.result.uplink_frames += 1
+        self.hop_uplink.observe(trio.current_time() - t_received)
+        self.stalled_since = None
+
     def put_frame(self, frame: bytes, t_received: float) -> None:
         try:
             self.uplink_send.send_nowait((frame, t_received))
+            self.sender_idle = False  # it has an item now: what follows must queue behind it
             self.stalled_since = None
         except trio.WouldBlock:
             # The agent is not taking caller audio: drop (counted), and give up on a lasting stall.
@@ -402,6 +462,7 @@ class _Call:
     def put_control(self, message: str) -> None:
         try:
             self.uplink_send.send_nowait((message, 0.0))
+            self.sender_idle = False
         except trio.WouldBlock:
             # Never drop a status: let it in above the audio bound (statuses are rare).
             self.nursery.start_soon(self._put_later, message)  # type: ignore[union-attr]
@@ -436,15 +497,30 @@ class _Call:
         try:
             await ws.send_message(_speakr.start_message(self.params))
             self.log.info("speakr start sent")
+            self.speakr_writable = _writable_probe(ws)
             counters = self.counters
-            hop = self.metrics.hop_latency.labels("uplink")
-            async for item, t_received in self.uplink_recv:
+            hop = self.hop_uplink
+            recv = self.uplink_recv
+            while True:
+                try:
+                    item, t_received = recv.receive_nowait()
+                except trio.WouldBlock:
+                    # Parked on an empty channel: until a put wakes us (and clears the flag), the
+                    # Twilio receiver may send frames itself (send_frame_now).
+                    self.sender_idle = True
+                    try:
+                        item, t_received = await recv.receive()
+                    except trio.EndOfChannel:
+                        break
+                except trio.EndOfChannel:
+                    break
                 await ws.send_message(item)
                 if type(item) is bytes:
                     counters.speakr_frames_out += 1
                     counters.speakr_bytes_out += len(item)
                     self.result.uplink_frames += 1
                     hop.observe(trio.current_time() - t_received)
+            self.sender_idle = False
             # Twilio is gone and everything queued was sent: close Speakr cleanly.
             await ws.aclose(1000)
         except trio_websocket.ConnectionClosed:

@@ -4,30 +4,99 @@ Theory of operation: prometheus-client objects take a lock on every update,
 which is too dear for the per-frame path (50 frames a second per direction
 per call). A call therefore counts frames and bytes in plain integers
 (:class:`CallCounters`) and folds them into the registry about once a second
-and when it ends. Everything that is rare (errors, barge-in events, call
-ends) goes straight to the registry. No label ever carries a secret or a
-caller-controlled string: labels are fixed, short vocabularies.
+and when it ends. The per-message hop-latency histogram is a
+:class:`HopHistogram`: plain bucket counts and a sum, updated without a lock
+(every call of a process runs in one Trio thread, and ``/metrics`` is served
+from that same thread), read by the registry as a collector at scrape time,
+so its buckets, ``_sum`` and ``_count`` are exact. Everything that is rare
+(errors, barge-in events, call ends) goes straight to the registry. No label
+ever carries a secret or a caller-controlled string: labels are fixed, short
+vocabularies.
 
 Several worker processes (``serve --workers N``): ``serve`` sets
 ``PROMETHEUS_MULTIPROC_DIR`` to a fresh directory before it starts them, so
 prometheus-client keeps every value in a per-process file there and
 :meth:`Metrics.render` sums the files of all workers: one scrape counts the
 whole server. Gauges say how to combine processes (``livesum`` for calls in
-progress: a dead worker's calls are not). Without the variable (one process,
-tests that build many apps) each app has its own in-memory registry.
+progress: a dead worker's calls are not). A collector's in-memory counts are
+not in those files, so in that mode the hop latency is a prometheus-client
+``Histogram`` again (same name, labels and buckets; the lock-free one is for
+the single process). Without the variable (one process, tests that build many
+apps) each app has its own in-memory registry.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["Metrics", "CallCounters"]
+__all__ = ["Metrics", "CallCounters", "HopHistogram", "HopChild"]
 
 _HOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+#: How prometheus-client writes a bucket bound (``1.0``, ``+Inf``), so ours read the same.
+_le: Callable[[float], str] = floatToGoString
 _READY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
+
+
+class HopChild:
+    """One direction's hop latencies: a count per bucket (the last one is ``+Inf``) and their sum.
+
+    ``observe`` is the per-message path: a bisect and two additions, no lock, no label lookup.
+    """
+
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        """Count one latency, in seconds (a bucket counts values <= its bound, as Prometheus's ``le``)."""
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class HopHistogram(Collector):
+    """``bridge_hop_latency_seconds`` by direction, exposed exactly as a prometheus-client
+    ``Histogram`` would be (buckets, ``_count``, ``_sum``, ``_created``), at a fraction of its
+    per-observation cost."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(sorted(buckets))
+        self._children: dict[str, HopChild] = {}
+        registry.register(self)
+
+    def labels(self, direction: str) -> HopChild:
+        """The child for one direction (created on first use, like a labelled metric's)."""
+        child = self._children.get(direction)
+        if child is None:
+            child = self._children[direction] = HopChild(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["direction"])
+        for direction, child in sorted(self._children.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), child.counts, strict=True):
+                cumulative += count
+                buckets.append((_le(bound), float(cumulative)))
+            family.add_metric([direction], buckets, child.sum)
+            family.add_sample(f"{self.name}_created", {"direction": direction}, child.created)
+        yield family
 
 
 class Metrics:
@@ -82,9 +151,12 @@ class Metrics:
         self.status_callbacks = Counter(
             "bridge_status_callbacks", "Twilio status callbacks, by status", ["status"], registry=r
         )
-        self.hop_latency = Histogram(
-            "bridge_hop_latency_seconds", "Time from receiving audio to forwarding it, by direction",
-            ["direction"], buckets=_HOP_BUCKETS, registry=r,
+        hop_name = "bridge_hop_latency_seconds"
+        hop_doc = "Time from receiving audio to forwarding it, by direction"
+        self.hop_latency: HopHistogram | Histogram = (
+            Histogram(hop_name, hop_doc, ["direction"], buckets=_HOP_BUCKETS, registry=r)
+            if _multiprocess()
+            else HopHistogram(hop_name, hop_doc, buckets=_HOP_BUCKETS, registry=r)
         )
         self.agent_ready = Histogram(
             "bridge_agent_ready_seconds", "Twilio start to Speakr ready", buckets=_READY_BUCKETS, registry=r
@@ -92,11 +164,16 @@ class Metrics:
 
     def render(self) -> bytes:
         """The registry in Prometheus text format (every worker's, in multiprocess mode)."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if _multiprocess():
             combined = CollectorRegistry()
             multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
             return generate_latest(combined)
         return generate_latest(self.registry)
+
+
+def _multiprocess() -> bool:
+    """True in a worker of ``serve --workers N`` (see the module docstring)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 @dataclass(slots=True)

@@ -41,7 +41,7 @@ import math
 import select
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 import trio_websocket
@@ -53,6 +53,9 @@ from bridge._errors import CallEnded, SpeakrProtocolError, TwilioProtocolError
 from bridge._ledger import PlaybackLedger, SegmentPlayed, SendClear, SendMark, SendMedia
 from bridge._metrics import CallCounters, Metrics
 from bridge._uplink import UplinkFramer
+
+if TYPE_CHECKING:
+    from bridge._records import CallObserver
 
 __all__ = ["TwilioSocket", "CallResult", "CallSettings", "run_call"]
 
@@ -157,6 +160,10 @@ class CallSettings:
     #: has played out; without it the stream is just closed (Twilio then plays the TwiML after
     #: ``</Connect>``). Must not raise for REST errors.
     hangup: Callable[[str], Awaitable[Any]] | None = None
+    #: Told what happens in the call (start, barge-ins, DTMF, transcript, the end) at control rate, and fed
+    #: the caller's audio and the confirmed-played agent audio for the recording (``_records.py``). Its
+    #: ``stop`` event ends the call from outside (hang-up through the API).
+    observer: CallObserver | None = None
 
 
 @dataclass(slots=True)
@@ -285,6 +292,7 @@ class _Call:
         framer = self.framer
         counters = self.counters
         put = self.put_frame
+        observer = self.settings.observer
         try:
             with trio.move_on_after(self.config.stream_start_timeout_s) as start_scope:
                 while self.start is None:
@@ -293,11 +301,15 @@ class _Call:
                 self.metrics.calls_rejected.labels("no_start").inc()
                 self.abort("twilio_no_start")
                 return
+            # Known once start is accepted: the recording is opened there (per frame only when recording).
+            record_audio = None if observer is None or observer.recording is None else observer.caller_audio
             while True:
                 event = parse(await self.twilio.receive())
                 if type(event) is _twilio.Media:
                     # The hot path, inline: decode, re-frame, queue.
                     now = trio.current_time()
+                    if record_audio is not None:
+                        record_audio(event.payload)
                     if event.timestamp_ms is not None and self.is_stale(now, event.timestamp_ms):
                         continue
                     pcm = decode(event.payload)
@@ -375,6 +387,9 @@ class _Call:
         for warning in warnings:
             self.log.warning("custom parameter ignored: %s", warning)
         self.t_start = trio.current_time()
+        if self.settings.observer is not None:
+            self.settings.observer.started(event)
+            self.ledger.on_played = self.settings.observer.heard
         self.log.info("stream started (%s)", ", ".join(sorted(event.custom_parameters)) or "no parameters")
         self.started.set()
 
@@ -388,6 +403,8 @@ class _Call:
         elif isinstance(event, _twilio.Dtmf):
             self.metrics.dtmf.inc()
             self.log.info("dtmf %s", event.digit)
+            if self.settings.observer is not None:
+                self.settings.observer.dtmf_digit(event.digit)
         elif isinstance(event, _twilio.Start):
             self.count_error("twilio", "second_start", "a second start was ignored")
         else:  # Connected again
@@ -664,6 +681,8 @@ class _Call:
         name = {_speakr.Pause: "pause", _speakr.Continue: "continue", _speakr.Clear: "clear"}[type(event)]
         self.metrics.barge_in.labels(name).inc()
         self.result.barge_in[name] = self.result.barge_in.get(name, 0) + 1
+        if self.settings.observer is not None:
+            self.settings.observer.barge_in(name)
         if self.start is None:
             return
         now = trio.current_time()
@@ -731,6 +750,8 @@ class _Call:
         async with trio.open_nursery() as nursery:
             if self.settings.shutdown is not None:
                 nursery.start_soon(self.shutdown_watch, self.settings.shutdown)
+            if self.settings.observer is not None:
+                nursery.start_soon(self.stop_watch, self.settings.observer.stop)
             if not await self.until_ended(self.started.wait):
                 nursery.cancel_scope.cancel()
                 return
@@ -747,6 +768,11 @@ class _Call:
         await shutdown.wait()
         self.log.warning("server shutting down: ending the call")
         await self.give_up("server_shutdown")
+
+    async def stop_watch(self, stop: trio.Event) -> None:
+        await stop.wait()
+        self.log.info("hang-up requested through the API")
+        await self.give_up("hung_up_by_api")
 
     # --- the runner -------------------------------------------------------------------
 
@@ -772,6 +798,8 @@ class _Call:
             marks.labels("unknown").inc(stats.unknown_marks)
             if stats.overflow_bytes:
                 self.metrics.dropped.labels("paused_overflow").inc()
+            if self.settings.observer is not None:
+                self.settings.observer.ended(self.result)
         return self.result
 
     async def cleanup(self) -> None:

@@ -346,6 +346,11 @@ class _TrackedCall:
     seen: set[tuple[str, str | None]] = field(default_factory=set)
     call_duration_s: int | None = None
     hangup: dict[str, Any] | None = None
+    direction: str = "outbound"
+    #: What the call runner observed (``_records.py``), once its stream has ended.
+    call: dict[str, Any] | None = None
+    transfer: dict[str, Any] | None = None
+    answered_by: dict[str, Any] | None = None
 
     def add_event(self, status: str, at: float, timestamp: str | None, sequence: str | None) -> bool:
         """Record one status; False for a duplicate (Twilio retries) or past the history bound."""
@@ -383,6 +388,7 @@ class _TrackedCall:
         return {
             "sid": self.sid, "to": self.to, "from": self.from_, "created_at": self.created_at,
             "source": self.source, "settings": dict(self.settings), "metadata": dict(self.metadata),
+            "direction": self.direction,
         }
 
     @classmethod
@@ -393,14 +399,25 @@ class _TrackedCall:
             str(base["source"]),
             dict(base.get("settings") or {}), dict(base.get("metadata") or {}),
         )
+        tracked.direction = str(base.get("direction") or "outbound")
         for event in events:
             tracked.apply(event)
         return tracked
 
     def apply(self, event: dict[str, Any]) -> bool:
         """Apply one stored event; True when it changed the record."""
-        if event.get("kind") == "hangup":
+        kind = event.get("kind")
+        if kind == "hangup":
             self.hangup = event.get("hangup")
+            return True
+        if kind == "call":
+            self.call = event
+            return True
+        if kind == "transfer":
+            self.transfer = event.get("transfer")
+            return True
+        if kind == "amd":
+            self.answered_by = event.get("amd")
             return True
         status = event.get("status")
         if status not in _RANK:
@@ -426,6 +443,37 @@ class _TrackedCall:
             "history": list(self.history),
             "durations": self.durations(),
             "hangup": self.hangup,
+            **self.call_view(),
+        }
+
+    def call_view(self) -> dict[str, Any]:
+        """What the call runner observed (empty fields until the stream has ended)."""
+        call = self.call or {}
+        reason = call.get("end_reason")
+        if self.transfer is not None and self.transfer.get("outcome") == "transferred":
+            reason = "transferred"
+        elif self.hangup is not None and self.hangup.get("by") == "api" and reason is not None:
+            reason = "hung_up_by_api"
+        return {
+            "direction": self.direction,
+            "agent": call.get("agent", self.settings.get("agent")),
+            "live": self.call is None and self.status not in _TERMINAL,
+            "started_at": call.get("started_at"),
+            "ended_at": call.get("ended_at"),
+            "duration_s": call.get("duration_s"),
+            "end_reason": reason,
+            "barge_ins": call.get("barge_ins", {}),
+            "played_ms": call.get("played_ms"),
+            "cleared_ms": call.get("cleared_ms"),
+            "agent_ready_ms": call.get("agent_ready_ms"),
+            "latency_ms": call.get("latency_ms", []),
+            "transcript": call.get("transcript", []),
+            "dtmf": "".join(d.get("digit", "") for d in call.get("dtmf", [])),
+            "dtmf_events": call.get("dtmf", []),
+            "outcome": call.get("outcome"),
+            "answered_by": self.answered_by,
+            "transfer": self.transfer,
+            "recording": call.get("recording"),
         }
 
 

@@ -1,10 +1,11 @@
 """The calls API beyond placing calls: list records, fetch recordings, hang up and transfer live calls.
 
-``GET /calls``, ``GET /calls/{sid}/recording.wav``, ``POST /calls/{sid}/hangup`` and
-``POST /calls/{sid}/transfer``, all behind ``Authorization: Bearer BRIDGE_API_TOKEN`` (CONTRACT.md). Records come
-from the shared store, so any worker or host answers. Hang-up and transfer act through Twilio's REST API (which
-reaches the call wherever its stream is served); a hang-up also ends the stream at once when this process serves
-it, and is the only way to hang up without REST credentials (then only on the worker serving the call).
+``GET /calls``, ``GET /calls/{sid}/recording.wav``, ``POST /calls/{sid}/hangup`` and ``POST
+/calls/{sid}/transfer``, all behind ``Authorization: Bearer BRIDGE_API_TOKEN`` (CONTRACT.md). Records come
+from the shared store, so any worker or host answers. Hang-up and transfer act through Twilio's REST API
+(which reaches the call wherever its stream is served); a hang-up also ends the stream at once when this
+process serves it, and is the only way to hang up without REST credentials (then only on the worker serving
+the call).
 """
 
 from __future__ import annotations
@@ -118,9 +119,7 @@ def calls_blueprint(outbound: OutboundCalls, records: CallRecords) -> Blueprint:
         except StoreUnavailable as exc:
             logger.warning("GET /calls: %s", exc)
             return error("the call store is unavailable, try again", 503)
-        return _json(
-            {"calls": found, "next_cursor": None if next_cursor is None else repr(next_cursor)}, 200
-        )
+        return _json({"calls": found, "next_cursor": None if next_cursor is None else repr(next_cursor)}, 200)
 
     @bp.get("/calls/<sid>/recording.wav")
     async def recording(sid: str) -> Response:
@@ -143,7 +142,7 @@ def calls_blueprint(outbound: OutboundCalls, records: CallRecords) -> Blueprint:
                 while chunk := await handle.read(CHUNK_BYTES):
                     yield chunk
 
-        response = Response(chunks(), mimetype="audio/wav")  # type: ignore[arg-type]
+        response = Response(chunks(), mimetype="audio/wav")
         response.headers["Content-Length"] = str(size)
         response.headers["Content-Disposition"] = f'attachment; filename="{sid}.wav"'
         return response
@@ -184,7 +183,9 @@ def calls_blueprint(outbound: OutboundCalls, records: CallRecords) -> Blueprint:
         outcome = "ended_locally"
         if rest is not None:
             outcome = await rest.complete_call(sid, timeout_s=CONTROL_TIMEOUT_S)
-        await store_event(sid, {"kind": "hangup", "hangup": {"at": _iso(time.time()), "outcome": outcome, "by": "api"}})
+        await store_event(
+            sid, {"kind": "hangup", "hangup": {"at": _iso(time.time()), "outcome": outcome, "by": "api"}}
+        )
         if local is not None:
             local.stop.set()
         logger.info("[%s] hung up through the API (%s)", sid, outcome)
@@ -214,12 +215,30 @@ def calls_blueprint(outbound: OutboundCalls, records: CallRecords) -> Blueprint:
             await rest.update_call(sid, {"Twiml": twiml}, timeout_s=CONTROL_TIMEOUT_S)
         except TwilioRestError as exc:
             logger.warning("[%s] transfer failed: %s", sid, exc)
-            await store_event(sid, {"kind": "transfer", "transfer": {
-                "to": to, "at": _iso(time.time()), "outcome": "failed", "error": exc.twilio_message}})
-            return _json({"error": f"Twilio refused the transfer: {exc.twilio_message}", "field": None,
-                          "twilio": exc.as_json()}, 502)
-        await store_event(sid, {"kind": "transfer", "transfer": {
-            "to": to, "at": _iso(time.time()), "outcome": "transferred"}})
+            await store_event(
+                sid,
+                {
+                    "kind": "transfer",
+                    "transfer": {
+                        "to": to,
+                        "at": _iso(time.time()),
+                        "outcome": "failed",
+                        "error": exc.twilio_message,
+                    },
+                },
+            )
+            return _json(
+                {
+                    "error": f"Twilio refused the transfer: {exc.twilio_message}",
+                    "field": None,
+                    "twilio": exc.as_json(),
+                },
+                502,
+            )
+        await store_event(
+            sid,
+            {"kind": "transfer", "transfer": {"to": to, "at": _iso(time.time()), "outcome": "transferred"}},
+        )
         logger.info("[%s] transferred to %s", sid, _mask(to))
         return _json({"sid": sid, "outcome": "transferred", "to": to}, 202)
 

@@ -17,13 +17,16 @@ reaches the file, and a piece resent after ``continue`` is written once, when it
 back when its piece has just finished playing, so a piece started ``len(piece)`` samples before the caller
 clock at that moment; pieces that played back to back (the usual case) are written back to back
 (:data:`SNAP_SAMPLES` absorbs the jitter of the marks' return trip), and a real gap (the buffer ran dry, or a
-pause) is silence of its measured length.
+pause) is silence of its measured length, placed to within one 20 ms frame (marks are echoed on Twilio's frame
+clock). Two limits, both from what marks can tell: a gap shorter than :data:`SNAP_SAMPLES` is closed up, and
+the part of a piece the caller heard before a pause cut it is not in the file (Twilio never confirms it;
+after ``continue`` the whole piece is, where it played).
 
-Incremental. :class:`StereoMulawWriter` holds only a short window (:data:`WINDOW_SAMPLES`): once the caller clock
-is that far past a sample, nothing can be placed before it any more, and it is interleaved and written. The
-header's sizes are rewritten at every flush (every :data:`FLUSH_EVERY_SAMPLES`) and on close, so the file on
-disk is a valid WAV at any moment: a crash loses at most the last window, never the file. A piece confirmed so
-late that its place was already written (a stalled event loop) goes at the first free position (counted).
+Incremental. :class:`StereoMulawWriter` holds only a short window (:data:`WINDOW_SAMPLES`): once the caller
+clock is that far past a sample, nothing can be placed before it any more, and it is interleaved and written.
+The header's sizes are rewritten at every flush (every :data:`FLUSH_EVERY_SAMPLES`) and on close, so the file
+on disk is a valid WAV at any moment: a crash loses at most the last window, never the file. A piece confirmed
+so late that its place was already written (a stalled event loop) goes at the first free position (counted).
 
 The writer is pure apart from the file object it is given: no clock, no Trio.
 """
@@ -73,11 +76,17 @@ def wav_header(frames: int) -> bytes:
     pad = data & 1
     riff_size = HEADER_BYTES - 8 + data + pad
     return (
-        b"RIFF" + struct.pack("<I", riff_size) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHHH", 18, WAVE_FORMAT_MULAW, CHANNELS, SAMPLE_RATE,
-                                SAMPLE_RATE * CHANNELS, CHANNELS, 8, 0)
-        + b"fact" + struct.pack("<II", 4, frames)
-        + b"data" + struct.pack("<I", data)
+        b"RIFF"
+        + struct.pack("<I", riff_size)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack(
+            "<IHHIIHHH", 18, WAVE_FORMAT_MULAW, CHANNELS, SAMPLE_RATE, SAMPLE_RATE * CHANNELS, CHANNELS, 8, 0
+        )
+        + b"fact"
+        + struct.pack("<II", 4, frames)
+        + b"data"
+        + struct.pack("<I", data)
     )
 
 
@@ -115,11 +124,11 @@ class StereoMulawWriter:
         if not ulaw:
             return
         start = self.caller_samples - len(ulaw)
-        if start - self._right_end < self._snap:
-            start = self._right_end
         if start < self._base:
             self.late_samples += self._base - start
             start = self._base
+        if start - self._right_end < self._snap:
+            start = self._right_end  # never before the previous piece's end (>= _base)
         end = start + len(ulaw)
         offset = start - self._base
         right = self._right
@@ -225,7 +234,9 @@ class CallRecording:
         return HEADER_BYTES + self.writer.frames_written * CHANNELS
 
 
-def delete_old_recordings(directory: str | os.PathLike[str], max_age_days: float, *, now: float | None = None) -> int:
+def delete_old_recordings(
+    directory: str | os.PathLike[str], max_age_days: float, *, now: float | None = None
+) -> int:
     """Delete recordings older than ``max_age_days`` (by modification time); returns how many."""
     cutoff = (time.time() if now is None else now) - max_age_days * 86400
     removed = 0

@@ -4,22 +4,22 @@ Theory of operation
 -------------------
 One :class:`CallObserver` per stream is handed to the call runner in its settings. The runner tells it, at
 control rate, that the stream started, that the agent barged in, that the caller pressed a key, and (for
-backends that give text) what was said; it also feeds it the caller's audio per frame and, through the playback
-ledger's ``on_played`` hook, each piece of agent audio the moment Twilio confirms it played. Those two feeds go
-to the call's recording (``_recording.py``) and nowhere else. Every observer method is synchronous, cheap, and
-never raises into the runner: a recording that fails (disk full) is closed, logged and counted, and the call goes
-on.
+backends that give text) what was said; it also feeds it the caller's audio per frame and, through the
+playback ledger's ``on_played`` hook, each piece of agent audio the moment Twilio confirms it played. Those
+two feeds go to the call's recording (``_recording.py``) and nowhere else. Every observer method is
+synchronous, cheap, and never raises into the runner: a recording that fails (disk full) is closed, logged and
+counted, and the call goes on.
 
 When the stream ends, :meth:`CallRecords.finish` writes the record: the base (created at the voice webhook for
-an inbound call, by ``POST /calls`` for an outbound one, or here when neither happened) plus one ``call`` event
-with everything the observer saw, appended to the store like the status events (``_store.py``), so
-``GET /calls/{sid}`` gives the same answer on every worker and host. Then the webhook (``CALL_WEBHOOK_URL``) is
+an inbound call, by ``POST /calls`` for an outbound one, or here when neither happened) plus one ``call``
+event with everything the observer saw, appended to the store like the status events (``_store.py``), so ``GET
+/calls/{sid}`` gives the same answer on every worker and host. Then the webhook (``CALL_WEBHOOK_URL``) is
 started in the app's background nursery: the record's JSON, exactly the body ``GET /calls/{sid}`` answers at
 that moment, signed ``X-Bridge-Signature: sha256=<hex HMAC-SHA256(body, key=BRIDGE_API_TOKEN)>``, with bounded
 retries and backoff. No call waits on it; failures are counted.
 
-The transcript is bounded (:data:`TRANSCRIPT_MAX_ENTRIES`, :data:`TRANSCRIPT_MAX_CHARS`): a record is one store
-value, not an unbounded log.
+The transcript is bounded (:data:`TRANSCRIPT_MAX_ENTRIES`, :data:`TRANSCRIPT_MAX_CHARS`): a record is one
+store value, not an unbounded log.
 """
 
 from __future__ import annotations
@@ -132,7 +132,10 @@ class CallObserver:
 
     def transcript_text(self, role: str, text: str) -> None:
         """A finished utterance of ``role`` (``caller`` or ``agent``), as the agent backend gives it."""
-        if len(self.transcript) >= TRANSCRIPT_MAX_ENTRIES or self.transcript_chars + len(text) > TRANSCRIPT_MAX_CHARS:
+        if (
+            len(self.transcript) >= TRANSCRIPT_MAX_ENTRIES
+            or self.transcript_chars + len(text) > TRANSCRIPT_MAX_CHARS
+        ):
             self.transcript_dropped += 1
             return
         self.transcript_chars += len(text)
@@ -207,7 +210,9 @@ class CallObserver:
             "played_ms": stats.played_ms if stats is not None else 0,
             "cleared_ms": stats.cleared_ms if stats is not None else 0,
             "agent_ready_ms": (
-                None if getattr(result, "start_to_ready_s", None) is None else round(result.start_to_ready_s * 1000)
+                None
+                if getattr(result, "start_to_ready_s", None) is None
+                else round(result.start_to_ready_s * 1000)
             ),
             "latency_ms": list(self.latencies_ms),
             "transcript": list(self.transcript),
@@ -230,7 +235,12 @@ class CallRecords:
     """
 
     def __init__(
-        self, store: Store, *, webhook_url: str | None, webhook_key: str, registry: Any,
+        self,
+        store: Store,
+        *,
+        webhook_url: str | None,
+        webhook_key: str,
+        registry: Any,
         recordings_dir: str | None,
     ) -> None:
         self.store = store
@@ -241,13 +251,21 @@ class CallRecords:
         #: The observers of the calls this process is serving, by CallSid (for hang-up).
         self.live: dict[str, CallObserver] = {}
         self.webhooks = Counter(
-            "bridge_call_webhooks", "End-of-call webhook deliveries, by outcome", ["outcome"], registry=registry
+            "bridge_call_webhooks",
+            "End-of-call webhook deliveries, by outcome",
+            ["outcome"],
+            registry=registry,
         )
         self.webhook_attempts = Counter(
-            "bridge_call_webhook_attempts", "End-of-call webhook POSTs, by result", ["result"], registry=registry
+            "bridge_call_webhook_attempts",
+            "End-of-call webhook POSTs, by result",
+            ["result"],
+            registry=registry,
         )
         self.records = Counter(
-            "bridge_call_records", "Call records written at the end of a stream, by outcome", ["outcome"],
+            "bridge_call_records",
+            "Call records written at the end of a stream, by outcome",
+            ["outcome"],
             registry=registry,
         )
         self.recording_bytes = Counter(
@@ -257,10 +275,30 @@ class CallRecords:
         self.view: Any = None
 
     def __repr__(self) -> str:
-        return f"CallRecords(webhook={'set' if self.webhook_url else 'unset'}, recordings={self.recordings_dir!r})"
+        hook = 'set' if self.webhook_url else 'unset'
+        return f"CallRecords(webhook={hook}, recordings={self.recordings_dir!r})"
 
     def observer(self) -> CallObserver:
         return CallObserver(recordings_dir=self.recordings_dir)
+
+    async def begin(self, call_sid: str, observer: CallObserver) -> None:
+        """At the stream's admission: the call is live here, and its record exists from now on (an inbound
+        call that came without the voice webhook gets its base now). Best effort: a store outage is logged."""
+        self.live[call_sid] = observer
+        now = time.time()
+        base = {
+            "sid": call_sid,
+            "to": None,
+            "from": None,
+            "created_at": now,
+            "source": "inbound",
+            "direction": "inbound",
+        }
+        try:
+            if CALL_SID.fullmatch(call_sid) and await self.store.record_create(call_sid, base):
+                await self.store.record_event(call_sid, {"status": "in-progress", "at": now})
+        except StoreUnavailable as exc:
+            logger.warning("[%s] call record not started: %s", call_sid, exc)
 
     async def finish(self, observer: CallObserver) -> None:
         """Store the call's record (bounded, shielded), then start the webhook in the background."""
@@ -275,8 +313,12 @@ class CallRecords:
         event = observer.event(link)
         now = time.time()
         base = {
-            "sid": sid, "to": None, "from": None, "created_at": observer.started_at or now,
-            "source": "inbound", "direction": "inbound",
+            "sid": sid,
+            "to": None,
+            "from": None,
+            "created_at": observer.started_at or now,
+            "source": "inbound",
+            "direction": "inbound",
         }
         try:
             with trio.CancelScope(shield=True), trio.fail_after(5.0):

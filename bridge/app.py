@@ -23,11 +23,11 @@ from twilio.request_validator import RequestValidator
 
 from bridge import _twilio
 from bridge._call import CallSettings, run_call
+from bridge._calls_api import calls_blueprint
 from bridge._config import Config, load_config
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
 from bridge._metrics import Metrics
-from bridge._calls_api import calls_blueprint
 from bridge._outbound import OutboundCalls, token_subject
 from bridge._recording import delete_old_recordings
 from bridge._records import CALL_SID, CallRecords
@@ -449,7 +449,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         refusal = await state.admit(start)
         if refusal is None:
             admitted.append(start.call_sid)
-            state.records.live[start.call_sid] = observer
+            await state.records.begin(start.call_sid, observer)
         return refusal
 
     settings = CallSettings(

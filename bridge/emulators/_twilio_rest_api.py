@@ -134,6 +134,9 @@ class EmulatedCall:
     error: str | None = None
     ended: trio.Event = field(default_factory=trio.Event)
     hangup: trio.Event = field(default_factory=trio.Event)
+    #: TwiML given by ``Twiml`` updates of the live call, in order (e.g. a ``<Dial>`` transfer).
+    twiml_updates: list[str] = field(default_factory=list)
+    caller: TwilioCaller | None = None
 
     @property
     def duration_s(self) -> int | None:
@@ -316,6 +319,21 @@ class TwilioRestApi:
 
     def _update(self, call: EmulatedCall, fields: dict[str, list[str]]) -> Response:
         status = (fields.get("Status") or [""])[0]
+        twiml = next(iter(fields.get("Twiml") or []), None)
+        if twiml is not None and not status:
+            # Twilio redirects the live call to the new TwiML: the stream ends (``stop``, close 1000) and
+            # the call runs the new instructions (a <Dial>: the callee talks to the dialled party).
+            if call.status in _TERMINAL:
+                return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
+            if len(twiml) > TWIML_MAX_CHARS:
+                return _error(
+                    400, 32018, f"Twiml size exceeded maximum allowed value of {TWIML_MAX_CHARS} characters"
+                )
+            call.twiml_updates.append(twiml)
+            if call.caller is not None:
+                call.caller.stop_requested.set()
+            self._notify()
+            return _json(self._resource(call), 200)
         if status in ("completed", "canceled"):
             if call.status in _TERMINAL:
                 return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
@@ -416,6 +434,7 @@ class TwilioRestApi:
             from_number=call.from_,
             to_number=call.to,
         )
+        call.caller = caller
         async with trio.open_nursery() as nursery:
 
             async def talk() -> None:

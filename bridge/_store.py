@@ -165,7 +165,7 @@ class MemoryStore(Store):
         self._leases: dict[str, tuple[str, float]] = {}  # sid -> (state, expiry)
         self._tokens: dict[str, float] = {}  # subject -> expiry
         self._records: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
-        self._record_times: dict[str, tuple[float, float]] = {}  # sid -> (created, last change)
+        self._record_times: dict[str, tuple[float, float]] = {}  # sid -> (created, expires)
 
     def _expire(self, now: float) -> None:
         for sid in [s for s, (_, exp) in self._leases.items() if exp <= now]:
@@ -219,7 +219,7 @@ class MemoryStore(Store):
         return {sid: state for sid, (state, _) in self._leases.items()}
 
     def _expire_records(self, now: float) -> None:
-        old = [sid for sid, (_, changed) in self._record_times.items() if changed + self.record_ttl_s <= now]
+        old = [sid for sid, (_, expires) in self._record_times.items() if expires <= now]
         for sid in old:
             self._records.pop(sid, None)
             self._record_times.pop(sid, None)
@@ -234,14 +234,14 @@ class MemoryStore(Store):
             del self._records[oldest]
             self._record_times.pop(oldest, None)
         self._records[call_sid] = (dict(base), [])
-        self._record_times[call_sid] = (float(base.get("created_at", now)), now)
+        self._record_times[call_sid] = (float(base.get("created_at", now)), now + self.record_ttl_s)
         return True
 
     async def record_event(self, call_sid: str, event: dict[str, Any]) -> None:
         record = self._records.get(call_sid)
         if record is not None and len(record[1]) < RECORD_MAX_EVENTS:
             record[1].append(dict(event))
-            self._record_times[call_sid] = (self._record_times[call_sid][0], time.time())
+            self._record_times[call_sid] = (self._record_times[call_sid][0], time.time() + self.record_ttl_s)
 
     async def record_recent(self, *, limit: int, before: float | None = None) -> list[tuple[str, float]]:
         self._expire_records(time.time())

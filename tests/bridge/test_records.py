@@ -7,6 +7,8 @@ redis-server.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import pytest
 import trio
 from e2e_helpers import best_alignment, pcm, snr_db, speechlike, start_agent, start_bridge
 from fleet_helpers import running_redis
@@ -375,3 +378,41 @@ def test_recording_dir_files_are_named_by_call_sid(tmp_path: Path) -> None:
     from bridge._recording import recording_path
 
     assert recording_path(tmp_path, sid(1)) == tmp_path / f"{sid(1)}.wav"
+
+
+# --- the store's record index, per backend ------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def each_store(kind: str, tmp_path: Path) -> AsyncIterator[Any]:
+    from bridge._store import open_store
+
+    if kind == "redis":
+        with running_redis() as redis:
+            async with open_store(redis.url, None) as store:
+                yield store
+    else:
+        async with open_store(None, str(tmp_path) if kind == "sqlite" else None) as store:
+            yield store
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+async def test_records_are_listed_newest_first_and_bounded_in_count_and_age(tmp_path, kind):
+    async with each_store(kind, tmp_path) as store:
+        store.record_max = 3
+        for n in range(5):
+            assert await store.record_create(sid(n), {"sid": sid(n), "created_at": 1000.0 + n})
+            await store.record_event(sid(n), {"status": "completed"})
+        recent = await store.record_recent(limit=10)
+        assert [s for s, _ in recent] == [sid(4), sid(3), sid(2)]  # the oldest two went first
+        assert [c for _, c in recent] == [1004.0, 1003.0, 1002.0]
+        assert await store.record_get(sid(1)) is None and await store.record_get(sid(2)) is not None
+        assert [s for s, _ in await store.record_recent(limit=1, before=1004.0)] == [sid(3)]
+        store.record_ttl_s = 1.0
+        assert await store.record_create(sid(9), {"sid": sid(9), "created_at": 2000.0})
+        await trio.sleep(1.5)
+        assert await store.record_create(sid(10), {"sid": sid(10), "created_at": 2001.0})
+        # sid(9) aged out; the others were written under the longer age and are still there.
+        listed = [s for s, _ in await store.record_recent(limit=10)]
+        assert listed[:2] == [sid(10), sid(4)] and sid(9) not in listed and len(listed) <= 3
+        assert await store.record_get(sid(9)) is None

@@ -505,7 +505,7 @@ class _Call:
 
     async def speakr_sender(self) -> None:
         """Send ``start`` when both sides are there, then drain the uplink in order."""
-        if not await self.until_ended(self.started.wait, self.initial.wait):
+        if not await self.until_ended(self.started.wait, self.initial.wait, self.agent_allowed):
             if self.speakr is not None:
                 await self.speakr.aclose(1000)
             return
@@ -752,7 +752,7 @@ class _Call:
                 nursery.start_soon(self.shutdown_watch, self.settings.shutdown)
             if self.settings.observer is not None:
                 nursery.start_soon(self.stop_watch, self.settings.observer.stop)
-            if not await self.until_ended(self.started.wait):
+            if not await self.until_ended(self.started.wait, self.agent_allowed):
                 nursery.cancel_scope.cancel()
                 return
             with trio.move_on_after(self.config.agent_ready_timeout_s) as ready_scope:
@@ -768,6 +768,11 @@ class _Call:
         await shutdown.wait()
         self.log.warning("server shutting down: ending the call")
         await self.give_up("server_shutdown")
+
+    async def agent_allowed(self) -> None:
+        """Until the agent may start (a call held for its answering-machine result waits here)."""
+        if self.settings.observer is not None:
+            await self.settings.observer.agent_gate.wait()
 
     async def stop_watch(self, stop: trio.Event) -> None:
         await stop.wait()

@@ -37,6 +37,7 @@ import trio
 from prometheus_client import Counter
 
 from bridge import _twilio
+from bridge._outbound import AMD_PARAMETER
 from bridge._recording import BYTES_PER_MINUTE, CallRecording, recording_path
 from bridge._store import Store, StoreUnavailable
 
@@ -90,6 +91,7 @@ class CallObserver:
         self.call_sid: str | None = None
         self.stream_sid: str | None = None
         self.started_at: float | None = None
+        self.t_started: float | None = None
         self.ended_at: float | None = None
         self.barge_ins: dict[str, int] = {}
         self.dtmf: list[dict[str, Any]] = []
@@ -103,6 +105,12 @@ class CallObserver:
         self.result: Any = None
         #: Set to end this call from outside (``POST /calls/{sid}/hangup`` on the worker that serves it).
         self.stop = trio.Event()
+        #: The agent gets its ``start`` only once this is set: at once, unless the call waits for its
+        #: answering-machine result (``_amd.py``).
+        self.agent_gate = trio.Event()
+        self.agent_gate.set()
+        self.held_for_amd = False
+        self.gate_opened_at: float | None = None  # trio time the gate opened, for a held call
 
     def _ms(self) -> int:
         return 0 if self.started_at is None else int((time.time() - self.started_at) * 1000)
@@ -113,6 +121,8 @@ class CallObserver:
         """The stream's ``start`` was accepted."""
         self.call_sid, self.stream_sid = start.call_sid, start.stream_sid
         self.started_at = time.time()
+        self.t_started = trio.current_time()
+        self.hold_if_asked(start)
         agent = start.custom_parameters.get("agent")
         if isinstance(agent, str) and agent.isidentifier() and len(agent) <= 32:
             self.agent = agent
@@ -122,6 +132,18 @@ class CallObserver:
             except OSError as exc:
                 self.recording_error = f"{type(exc).__name__}: {exc.strerror or exc}"
                 logger.error("[%s] recording not started: %s", start.call_sid, self.recording_error)
+
+    def hold_if_asked(self, start: _twilio.Start) -> None:
+        """Hold the agent when the call waits for its answering-machine result (once; before any result)."""
+        if not self.held_for_amd and start.custom_parameters.get(AMD_PARAMETER) == "1":
+            self.held_for_amd = True
+            self.agent_gate = trio.Event()
+
+    def open_gate(self) -> None:
+        """Let the agent start (a person answered, or no result came)."""
+        if not self.agent_gate.is_set():
+            self.gate_opened_at = trio.current_time()
+            self.agent_gate.set()
 
     def barge_in(self, kind: str) -> None:
         self.barge_ins[kind] = self.barge_ins.get(kind, 0) + 1
@@ -219,6 +241,11 @@ class CallObserver:
             "transcript_dropped": self.transcript_dropped,
             "dtmf": list(self.dtmf),
             "outcome": self.outcome,
+            "agent_held_ms": (
+                None
+                if self.gate_opened_at is None or self.t_started is None
+                else round((self.gate_opened_at - self.t_started) * 1000)
+            ),
             "recording": recording_link,
             "recording_error": self.recording_error,
         }
@@ -273,18 +300,24 @@ class CallRecords:
         )
         # What a view function gives: the record as GET /calls/{sid} answers it (set by the app).
         self.view: Any = None
+        #: Started for a call held for its answering-machine result (set by the app: _amd.watch_store).
+        self.on_held: Any = None
 
     def __repr__(self) -> str:
-        hook = 'set' if self.webhook_url else 'unset'
+        hook = "set" if self.webhook_url else "unset"
         return f"CallRecords(webhook={hook}, recordings={self.recordings_dir!r})"
 
     def observer(self) -> CallObserver:
         return CallObserver(recordings_dir=self.recordings_dir)
 
-    async def begin(self, call_sid: str, observer: CallObserver) -> None:
+    async def begin(self, start: _twilio.Start, observer: CallObserver) -> None:
         """At the stream's admission: the call is live here, and its record exists from now on (an inbound
         call that came without the voice webhook gets its base now). Best effort: a store outage is logged."""
+        call_sid = start.call_sid
         self.live[call_sid] = observer
+        observer.hold_if_asked(start)
+        if observer.held_for_amd and self.on_held is not None and self.background is not None:
+            self.background.start_soon(self.on_held, call_sid, observer)
         now = time.time()
         base = {
             "sid": call_sid,

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 import trio
@@ -22,6 +23,7 @@ from quart_trio import QuartTrio
 from twilio.request_validator import RequestValidator
 
 from bridge import _twilio
+from bridge._amd import handle_amd_callback, watch_store
 from bridge._call import CallSettings, run_call
 from bridge._calls_api import calls_blueprint
 from bridge._config import Config, load_config
@@ -87,6 +89,7 @@ class BridgeState:
             recordings_dir=config.recordings_dir,
         )
         self.records.view = self.outbound.shared_view
+        self.records.on_held = partial(watch_store, outbound=self.outbound)
         self.store: Store = MemoryStore()
         self.use_store(self.store)
         self.store_ok = True
@@ -352,6 +355,19 @@ def create_app(config: Config | None = None) -> QuartTrio:
         logger.info("[%s] status callback: %s", form.get("CallSid", "-"), status)
         return "", 204
 
+    @app.post("/twilio/amd")
+    async def amd_callback() -> tuple[str, int]:
+        if not await signed("amd"):
+            return "invalid Twilio signature", 403
+        form = await request.form
+        try:
+            await handle_amd_callback(form, state.outbound, state.records)
+        except StoreUnavailable as exc:
+            state.store_failed("record", exc)
+            return "call store unavailable", 503  # Twilio retries the callback
+        state.metrics.webhooks.labels("amd", "ok").inc()
+        return "", 204
+
     @app.get("/healthz")
     async def healthz() -> tuple[str, int]:
         return "ok\n", 200
@@ -449,7 +465,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         refusal = await state.admit(start)
         if refusal is None:
             admitted.append(start.call_sid)
-            await state.records.begin(start.call_sid, observer)
+            await state.records.begin(start, observer)
         return refusal
 
     settings = CallSettings(

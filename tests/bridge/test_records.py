@@ -7,6 +7,7 @@ redis-server.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -24,10 +25,11 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 import codec
-from bridge._config import Secret
+from bridge._config import Config, Secret
 from bridge._recording import SILENCE, read_mulaw_wav
 from bridge._records import SIGNATURE_HEADER, verify_signature
 from bridge._server import serve_in_process
+from bridge.app import create_app
 from bridge.emulators import TwilioCaller
 from bridge.emulators._twilio_rest_api import TwilioRestApi
 
@@ -325,23 +327,17 @@ async def test_hang_up_through_the_api_ends_a_live_call(nursery):
     assert again.status_code == 409 and unknown.status_code == 404
 
 
-async def test_transfer_dials_through_rest_and_both_sockets_close_cleanly(nursery):
-    agent = await start_agent(nursery)
-    api = TwilioRestApi(hangup_after_s=None, max_call_s=20, ring_s=0.05)
+async def rest_bridge(nursery: trio.Nursery, agent_url: str, api: TwilioRestApi) -> tuple[str, Any]:
+    """A bridge with REST credentials for the stand-in, whose PUBLIC_URL is its own address."""
     await nursery.start(api.serve)
-    import socket as socket_module
-
-    sock = socket_module.socket()
+    sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     base = f"http://127.0.0.1:{port}"
-    from bridge._config import Config
-    from bridge.app import create_app
-
     app = create_app(
         Config(
-            speakr_ws_url=agent.url,
+            speakr_ws_url=agent_url,
             bridge_api_token=Secret(TOKEN),
             public_url=base,
             twilio_account_sid=api.account_sid,
@@ -351,6 +347,18 @@ async def test_transfer_dials_through_rest_and_both_sockets_close_cleanly(nurser
         )
     )
     await nursery.start(partial(serve_in_process, app, port=port))
+    return base, app
+
+
+async def until_idle(app: Any) -> None:
+    while app.extensions["bridge"].active_calls:  # noqa: ASYNC110 - server state has no event
+        await trio.sleep(0.01)
+
+
+async def test_transfer_dials_through_rest_and_both_sockets_close_cleanly(nursery):
+    agent = await start_agent(nursery)
+    api = TwilioRestApi(hangup_after_s=None, max_call_s=20, ring_s=0.05)
+    base, app = await rest_bridge(nursery, agent.url, api)
     with trio.fail_after(LIMIT_S):
         placed = await api_post(base, "/calls", {"to": "+14155550100"})
         call_sid = placed.json()["sid"]
@@ -360,8 +368,7 @@ async def test_transfer_dials_through_rest_and_both_sockets_close_cleanly(nurser
         answer = await api_post(base, f"/calls/{call_sid}/transfer", {"to": "+14155550199"})
         await api.calls[call_sid].ended.wait()
         await session.closed.wait()
-        while app.extensions["bridge"].active_calls:  # noqa: ASYNC110
-            await trio.sleep(0.01)
+        await until_idle(app)
         view = (await api_get(base, f"/calls/{call_sid}")).json()
     assert bad.status_code == 422 and answer.status_code == 202
     call = api.calls[call_sid]
@@ -416,3 +423,111 @@ async def test_records_are_listed_newest_first_and_bounded_in_count_and_age(tmp_
         listed = [s for s, _ in await store.record_recent(limit=10)]
         assert listed[:2] == [sid(10), sid(4)] and sid(9) not in listed and len(listed) <= 3
         assert await store.record_get(sid(9)) is None
+
+
+# --- answering-machine detection ----------------------------------------------------------------------------
+
+
+def speaks_at_once(answer: bytes) -> Any:
+    async def script(session: Any) -> None:
+        await session.send_media(answer, chunk_bytes=4800)
+        await trio.sleep(5)
+
+    return script
+
+
+async def test_amd_human_starts_the_agent_within_a_frame_of_the_callback(nursery):
+    agent = await start_agent(nursery, speaks_at_once(speechlike(0.5, 24000, seed=51)))
+    api = TwilioRestApi(hangup_after_s=2.0, max_call_s=20, ring_s=0.05, amd_delay_s=0.6)
+    base, app = await rest_bridge(nursery, agent.url, api)
+    with trio.fail_after(LIMIT_S):
+        placed = await api_post(base, "/calls", {"to": "+14155550100", "machine_detection": "hangup"})
+        call_sid = placed.json()["sid"]
+        session = await agent.wait_for_session(1)
+        await session.wait_start()
+        observer = app.extensions["bridge"].records.live[call_sid]
+        call = api.calls[call_sid]
+        await call.ended.wait()
+        await until_idle(app)
+        view = (await api_get(base, f"/calls/{call_sid}")).json()
+    create = api.requests[0].form
+    assert create["MachineDetection"] == ["Enable"] and create["AsyncAmd"] == ["true"]
+    assert create["AsyncAmdStatusCallback"] == [base + "/twilio/amd"]
+    assert call.amd_posted == ("human", 204) and call.amd_posted_at is not None
+    assert session.start_wall_s is not None
+    # From the callback reaching the bridge to the agent's start: within one 20 ms frame.
+    reaction = session.start_wall_s - observer.gate_opened_at
+    assert 0 < reaction < 0.02, f"the agent started {reaction * 1000:.1f} ms after the callback arrived"
+    # From the stand-in posting it (HTTP and the signature check included): generous, a shared box.
+    waited = session.start_wall_s - call.amd_posted_at
+    assert call.amd_posted_at < observer.gate_opened_at and waited < 0.5
+    assert call.record is not None and np.any(
+        np.frombuffer(bytes(call.record.heard_ulaw), np.uint8) != SILENCE
+    )
+    assert view["answered_by"]["answered_by"] == "human" and view["answered_by"]["action"] == "agent"
+    assert view["machine_detection"] == {"on_machine": "hangup", "voicemail_message": None}
+    assert view["agent_held_ms"] >= 300  # held from the stream's start until the result
+    print(
+        f"agent start {reaction * 1000:.1f} ms after the callback arrived, "
+        f"{waited * 1000:.1f} ms after it was posted"
+    )
+
+
+async def test_amd_machine_hangs_up_and_the_agent_never_speaks(nursery):
+    agent = await start_agent(nursery, speaks_at_once(speechlike(0.5, 24000, seed=52)))
+    api = TwilioRestApi(
+        hangup_after_s=None,
+        max_call_s=20,
+        ring_s=0.05,
+        amd_delay_s=0.4,
+        answered_by={"+14155550100": "machine_end_beep"},
+    )
+    base, app = await rest_bridge(nursery, agent.url, api)
+    with trio.fail_after(LIMIT_S):
+        placed = await api_post(base, "/calls", {"to": "+14155550100", "machine_detection": "hangup"})
+        call_sid = placed.json()["sid"]
+        call = api.calls[call_sid]
+        await call.ended.wait()
+        await until_idle(app)
+        view = (await api_get(base, f"/calls/{call_sid}")).json()
+    assert call.amd_posted == ("machine_start", 204) and call.completed_by_api
+    session = agent.sessions[0]
+    assert session.start_params is None  # held: never started, so never spoke over the greeting
+    assert call.record is not None and set(bytes(call.record.heard_ulaw)) <= {SILENCE}
+    assert view["answered_by"]["answered_by"] == "machine_start"
+    assert view["answered_by"]["action"] == "hangup"
+
+
+async def test_amd_machine_gets_the_voicemail_after_the_beep_then_the_call_ends(nursery):
+    agent = await start_agent(nursery, speaks_at_once(speechlike(0.5, 24000, seed=53)))
+    api = TwilioRestApi(
+        hangup_after_s=None,
+        max_call_s=20,
+        ring_s=0.05,
+        amd_delay_s=0.4,
+        answered_by={"+14155550100": "machine_end_beep"},
+    )
+    base, app = await rest_bridge(nursery, agent.url, api)
+    body = {
+        "to": "+14155550100",
+        "machine_detection": "voicemail",
+        "voicemail_message": "Hi, this is Ada from the clinic. Please call us back.",
+    }
+    with trio.fail_after(LIMIT_S):
+        refused = await api_post(base, "/calls", {"to": "+14155550100", "machine_detection": "voicemail"})
+        placed = await api_post(base, "/calls", body)
+        call_sid = placed.json()["sid"]
+        call = api.calls[call_sid]
+        await call.ended.wait()
+        await until_idle(app)
+        view = (await api_get(base, f"/calls/{call_sid}")).json()
+    assert refused.status_code == 422 and refused.json()["field"] == "voicemail_message"
+    create = [r for r in api.requests if r.path.endswith("/Calls.json")][-1].form
+    assert create["MachineDetection"] == ["DetectMessageEnd"]
+    assert call.twiml_updates == [
+        '<?xml version="1.0" encoding="UTF-8"?><Response>'
+        "<Say>Hi, this is Ada from the clinic. Please call us back.</Say><Hangup /></Response>"
+    ]
+    assert call.record is not None and call.record.outcome == "redirected"
+    assert agent.sessions[0].start_params is None
+    assert view["answered_by"]["action"] == "voicemail"

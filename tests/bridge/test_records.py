@@ -531,3 +531,50 @@ async def test_amd_machine_gets_the_voicemail_after_the_beep_then_the_call_ends(
     assert call.record is not None and call.record.outcome == "redirected"
     assert agent.sessions[0].start_params is None
     assert view["answered_by"]["action"] == "voicemail"
+
+
+async def test_the_recording_is_a_valid_wav_whichever_way_the_call_ends(nursery, tmp_path):
+    """A caller's TCP reset, an agent that drops, a server shutdown: the header always matches the data."""
+
+    async def drop_soon(session: Any) -> None:
+        await session.send_media(speechlike(0.4, 24000, seed=61), chunk_bytes=4800)
+        await session.wait_statuses(2)
+        await session.drop()
+
+    agent = await start_agent(nursery, drop_soon)
+    bridge = await start_bridge(
+        nursery, speakr_ws_url=agent.url, bridge_api_token=Secret(TOKEN), recordings_dir=str(tmp_path)
+    )
+    audio = speechlike(3.0, 8000, seed=62, amplitude=3000)
+    with trio.fail_after(LIMIT_S):
+        agent_dropped = await TwilioCaller(stream_url=bridge.stream_url, audio=audio, call_sid=sid(70)).run()
+        await bridge.wait_idle()
+    quiet = await start_agent(nursery)
+    bridge2 = await start_bridge(
+        nursery, speakr_ws_url=quiet.url, bridge_api_token=Secret(TOKEN), recordings_dir=str(tmp_path)
+    )
+    with trio.fail_after(LIMIT_S):
+        caller_dropped = await TwilioCaller(
+            stream_url=bridge2.stream_url, audio=audio, call_sid=sid(71), drop_after_s=1.0
+        ).run()
+        await bridge2.wait_idle()
+        async with trio.open_nursery() as inner:
+            inner.start_soon(
+                partial(
+                    TwilioCaller(
+                        stream_url=bridge2.stream_url, audio=audio, call_sid=sid(72), max_call_s=20
+                    ).run
+                )
+            )
+            session = await quiet.wait_for_session(2)
+            await session.wait_start()
+            await trio.sleep(0.5)
+            bridge2.state.end_all_calls.set()  # the server ends its live calls (drain timeout)
+        await bridge2.wait_idle()
+    assert agent_dropped.outcome == "bridge_closed" and caller_dropped.outcome == "dropped"
+    for n in (70, 71, 72):
+        data = (tmp_path / f"{sid(n)}.wav").read_bytes()
+        left, right = read_mulaw_wav(data)
+        assert len(data) == 58 + 2 * len(left) and len(left) == len(right) >= 800, n
+        declared = int.from_bytes(data[54:58], "little")
+        assert declared == len(data) - 58, n

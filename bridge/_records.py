@@ -64,6 +64,10 @@ WEBHOOK_ATTEMPTS: Final = 4
 WEBHOOK_FIRST_BACKOFF_S: Final = 1.0
 WEBHOOK_TIMEOUT_S: Final = 10.0
 SIGNATURE_HEADER: Final = "X-Bridge-Signature"
+#: For an outbound call, how long the webhook waits for Twilio's final status callback (it comes within a
+#: second or two of the stream's end), and how often it looks.
+WEBHOOK_FINAL_STATUS_WAIT_S: Final = 10.0
+WEBHOOK_FINAL_STATUS_POLL_S: Final = 0.25
 
 
 def sign_body(body: bytes, key: str) -> str:
@@ -374,6 +378,17 @@ class CallRecords:
         assert self.webhook_url is not None and self.view is not None
         try:
             record = await self.view(sid)
+            # A call we placed ends for Twilio a moment after its stream: wait (bounded) for Twilio's final
+            # status callback, so that the body is the finished record.
+            deadline = trio.current_time() + WEBHOOK_FINAL_STATUS_WAIT_S
+            while (
+                record is not None
+                and record.get("end_status") is None
+                and record.get("direction") == "outbound"
+                and trio.current_time() < deadline
+            ):
+                await trio.sleep(WEBHOOK_FINAL_STATUS_POLL_S)
+                record = await self.view(sid)
         except StoreUnavailable as exc:
             self.webhooks.labels("store_unavailable").inc()
             logger.error("[%s] webhook not sent: %s", sid, exc)

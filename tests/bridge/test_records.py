@@ -327,7 +327,9 @@ async def test_hang_up_through_the_api_ends_a_live_call(nursery):
     assert again.status_code == 409 and unknown.status_code == 404
 
 
-async def rest_bridge(nursery: trio.Nursery, agent_url: str, api: TwilioRestApi) -> tuple[str, Any]:
+async def rest_bridge(
+    nursery: trio.Nursery, agent_url: str, api: TwilioRestApi, **extra: Any
+) -> tuple[str, Any]:
     """A bridge with REST credentials for the stand-in, whose PUBLIC_URL is its own address."""
     await nursery.start(api.serve)
     sock = socket.socket()
@@ -344,6 +346,7 @@ async def rest_bridge(nursery: trio.Nursery, agent_url: str, api: TwilioRestApi)
             twilio_auth_token=Secret(api.auth_token),
             twilio_from_number="+15005550006",
             twilio_api_base_url=api.base_url,
+            **extra,
         )
     )
     await nursery.start(partial(serve_in_process, app, port=port))
@@ -578,3 +581,21 @@ async def test_the_recording_is_a_valid_wav_whichever_way_the_call_ends(nursery,
         assert len(data) == 58 + 2 * len(left) and len(left) == len(right) >= 800, n
         declared = int.from_bytes(data[54:58], "little")
         assert declared == len(data) - 58, n
+
+
+async def test_an_outbound_calls_webhook_carries_its_final_twilio_status(nursery):
+    url, got = await receiver(nursery, fail_first=0)
+    agent = await start_agent(nursery)
+    api = TwilioRestApi(hangup_after_s=0.5, max_call_s=20, ring_s=0.05)
+    base, app = await rest_bridge(nursery, agent.url, api, call_webhook_url=url)
+    with trio.fail_after(LIMIT_S):
+        call_sid = (await api_post(base, "/calls", {"to": "+14155550100"})).json()["sid"]
+        await api.calls[call_sid].ended.wait()
+        while not got:  # noqa: ASYNC110 - the receiver has no event to wait on
+            await trio.sleep(0.05)
+        view = await api_get(base, f"/calls/{call_sid}")
+    body, headers = got[0]
+    assert body == view.content and verify_signature(body, headers[SIGNATURE_HEADER], TOKEN)
+    record = orjson.loads(body)
+    assert record["end_status"] == "completed" and record["direction"] == "outbound"
+    assert record["end_reason"] == "twilio_stop" and record["durations"]["call_duration_s"] is not None

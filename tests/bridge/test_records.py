@@ -599,3 +599,24 @@ async def test_an_outbound_calls_webhook_carries_its_final_twilio_status(nursery
     record = orjson.loads(body)
     assert record["end_status"] == "completed" and record["direction"] == "outbound"
     assert record["end_reason"] == "twilio_stop" and record["durations"]["call_duration_s"] is not None
+
+
+async def test_an_inbound_call_through_the_voice_webhook_has_its_numbers_and_they_stay_out_of_logs(
+    nursery, caplog
+):
+    agent = await start_agent(nursery)
+    bridge = await start_bridge(nursery, speakr_ws_url=agent.url, bridge_api_token=Secret(TOKEN))
+    with trio.fail_after(LIMIT_S):
+        await TwilioCaller(
+            webhook_url=bridge.voice_url,
+            stream_url=bridge.stream_url,
+            call_sid=sid(80),
+            hangup_after_s=0.2,
+            from_number="+14155550123",
+            to_number="+14155550999",
+        ).run()
+        await bridge.wait_idle()
+        view = (await api_get(bridge.base_url, f"/calls/{sid(80)}")).json()
+    assert (view["from"], view["to"], view["direction"]) == ("+14155550123", "+14155550999", "inbound")
+    assert [e["status"] for e in view["history"]] == ["in-progress", "completed"]
+    assert "4155550123" not in caplog.text and "4155550999" not in caplog.text

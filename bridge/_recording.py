@@ -66,6 +66,8 @@ WINDOW_SAMPLES: Final = SAMPLE_RATE
 SNAP_SAMPLES: Final = 480
 #: Write and rewrite the header at least this often: at most ~1 s (+ the window) is lost in a crash.
 FLUSH_EVERY_SAMPLES: Final = SAMPLE_RATE
+#: Recordings are readable by their owner and group only.
+RECORDING_FILE_MODE: Final = 0o640
 #: RIFF header + fmt (18) + fact (4) + data chunk header.
 HEADER_BYTES: Final = 12 + (8 + 18) + (8 + 4) + 8
 
@@ -216,7 +218,9 @@ class CallRecording:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "w+b")  # noqa: SIM115 - closed by close(), on every end path
+        # Owner read/write, group read: a recording is personal data.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, RECORDING_FILE_MODE)
+        self._file = os.fdopen(fd, "w+b")  # closed by close(), on every end path
         self.writer = StereoMulawWriter(self._file)
 
     def close(self) -> None:

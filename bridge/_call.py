@@ -47,7 +47,8 @@ from bridge import _speakr, _twilio
 from bridge._config import Config
 from bridge._errors import CallEnded, SpeakrProtocolError, TwilioProtocolError
 from bridge._ledger import PlaybackLedger, SendClear, SendMark, SendMedia, SendStatus
-from bridge._metrics import CallCounters, Metrics
+from bridge._logging import LogThrottle
+from bridge._metrics import AGENT_INFO_KINDS, CallCounters, Metrics, bounded_label
 from bridge._uplink import UplinkFramer
 
 __all__ = ["TwilioSocket", "CallResult", "CallSettings", "run_call"]
@@ -94,6 +95,10 @@ SPEAKR_RECEIVE_BUFFER_BYTES = 64 * 1024
 STALE_UPLINK_S = 0.5
 #: Bad input is always counted; per call and kind, the first few are logged, then every 100th.
 LOGGED_ERRORS_PER_KIND = 5
+#: Normal but peer-driven events (barge-in, ``info``, DTMF): a real call has a handful, so the first
+#: 50 of each kind per call are logged, then every 100th; a flood stays a few lines.
+LOGGED_EVENTS_PER_KIND = 50
+LOG_EVERY_NTH = 100
 #: How often the per-call hot-path counters are folded into the registry.
 COUNTER_FLUSH_FRAMES = 50
 
@@ -146,14 +151,18 @@ class CallResult:
 
 
 class _CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes every line with the call's ids, as far as they are known."""
+    """Prefixes every line with the call's ids, as far as they are known.
 
-    def __init__(self, call: _Call) -> None:
+    It holds the call's result (where the ids are), never the call: a call -> log -> call cycle
+    would keep every ended call in memory until a full garbage collection.
+    """
+
+    def __init__(self, result: CallResult) -> None:
         super().__init__(logger, {})
-        self._call = call
+        self._result = result
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        r = self._call.result
+        r = self._result
         ids = {
             "call_sid": r.call_sid or "-",
             "stream_sid": r.stream_sid or "-",
@@ -170,7 +179,9 @@ class _Call:
         self.config = settings.config
         self.metrics = settings.metrics
         self.result = CallResult()
-        self.log = _CallLog(self)
+        self.log = _CallLog(self.result)
+        self.error_lines = LogThrottle(LOGGED_ERRORS_PER_KIND, LOG_EVERY_NTH)
+        self.event_lines = LogThrottle(LOGGED_EVENTS_PER_KIND, LOG_EVERY_NTH)
         self.counters = CallCounters()
         self.framer = UplinkFramer()
         self.ledger = PlaybackLedger()
@@ -227,8 +238,19 @@ class _Call:
         self.metrics.protocol_errors.labels(peer, kind).inc()
         key = f"{peer}:{kind}"
         seen = self.result.protocol_errors[key] = self.result.protocol_errors.get(key, 0) + 1
-        if seen <= LOGGED_ERRORS_PER_KIND or seen % 100 == 0:
+        if self.error_lines.seen(key) is not None:
             self.log.warning("bad %s input (%s, %d so far this call): %s", peer, kind, seen, detail)
+
+    def log_event(self, level: int, key: str, msg: str, *args: Any, errors: bool = False) -> None:
+        """Log a line that a peer can make us repeat, thinned by kind (see :class:`LogThrottle`)."""
+        throttle = self.error_lines if errors else self.event_lines
+        seen = throttle.seen(key)
+        if seen is None:
+            return
+        if seen > throttle.first:
+            msg += " (%d so far this call, logging every %dth)"
+            args = (*args, seen, throttle.every)
+        self.log.log(level, msg, *args)
 
     def parse_twilio(self, data: str | bytes) -> _twilio.TwilioEvent | None:
         """One Twilio message as an event, or None (counted and logged) when it is bad."""
@@ -295,7 +317,8 @@ class _Call:
             if not self.dropping_stale:
                 self.dropping_stale = True
                 late_ms = (lag - self.min_lag) * 1000
-                self.log.warning("caller audio arriving %.0f ms late: dropping it", late_ms)
+                self.log_event(logging.WARNING, "stale", "caller audio arriving %.0f ms late: dropping it",
+                               late_ms, errors=True)
             return True
         self.dropping_stale = False
         return False
@@ -349,7 +372,7 @@ class _Call:
             return True
         elif isinstance(event, _twilio.Dtmf):
             self.metrics.dtmf.inc()
-            self.log.info("dtmf %s", event.digit)
+            self.log_event(logging.INFO, "dtmf", "dtmf %s", event.digit)
         elif isinstance(event, _twilio.Start):
             self.count_error("twilio", "second_start", "a second start was ignored")
         else:  # Connected again
@@ -374,9 +397,13 @@ class _Call:
             self.result.uplink_dropped_bytes += len(frame)
             if self.stalled_since is None:
                 self.stalled_since = t_received
-                self.log.warning("speakr is not keeping up: dropping caller audio")
+                self.log_event(
+                    logging.WARNING, "uplink_overflow", "speakr is not keeping up: dropping caller audio",
+                    errors=True,
+                )
             elif t_received - self.stalled_since > self.config.agent_stall_timeout_s:
-                self.log.error("speakr stalled for %.1f s", t_received - self.stalled_since)
+                stalled_s = t_received - self.stalled_since
+                self.log_event(logging.ERROR, "stalled", "speakr stalled for %.1f s", stalled_s, errors=True)
                 self.nursery.start_soon(self.give_up, "agent_stalled")  # type: ignore[union-attr]
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the call is ending; the sender is gone
@@ -482,6 +509,8 @@ class _Call:
         # trio-websocket's own connect_timeout does not fire when the peer accepts TCP but never
         # answers the upgrade (its reader task keeps the handshake waiting): bound it ourselves.
         timeout_s = self.config.agent_connect_timeout_s
+        gone = False
+        ended: str | None = None
         try:
             with trio.CancelScope(deadline=trio.current_time() + timeout_s) as connecting:
                 async with trio_websocket.open_websocket_url(
@@ -494,9 +523,22 @@ class _Call:
                     connecting.deadline = math.inf
                     self.speakr = ws
                     self.speakr_open.set()
-                    await self.receive_agent(ws)
+                    # Caught here, inside trio-websocket's nursery: an exception that leaves a
+                    # nursery is kept in a reference cycle (trio's frames), and its traceback holds
+                    # this call: every ended call would wait for a full gc to be freed.
+                    try:
+                        await self.receive_agent(ws)
+                    except trio_websocket.ConnectionClosed:
+                        gone = True
+                    except CallEnded as exc:
+                        ended = exc.reason
             if connecting.cancelled_caught:
                 return f"no handshake within {timeout_s:g} s"
+            if gone:
+                await self.agent_gone()
+            if ended is not None:
+                # Twilio's socket closed under us while we were sending agent audio to it.
+                self.end(ended)
         except trio_websocket.ConnectionRejected as exc:
             return f"rejected with HTTP {exc.status_code}"
         except trio_websocket.HandshakeError as exc:
@@ -548,20 +590,23 @@ class _Call:
                 if self.ledger.pending_bytes + self.ledger.held_bytes + len(ulaw) > MAX_UNPLAYED_BYTES:
                     self.metrics.dropped.labels("downlink_overflow").inc()
                     ahead_s = MAX_UNPLAYED_BYTES // 8000
-                    self.log.warning("speakr is more than %d s ahead: audio dropped", ahead_s)
+                    self.log_event(
+                        logging.WARNING, "downlink_overflow", "speakr is more than %d s ahead: audio dropped",
+                        ahead_s, errors=True,
+                    )
                     continue
                 await self.send_twilio(self.ledger.agent_media(event.session_id, event.sequence_id, ulaw))
                 hop.observe(trio.current_time() - t0)
             elif isinstance(event, _speakr.Initial):
-                self.log.info("speakr initial")
+                self.log_event(logging.INFO, "initial", "speakr initial")
                 self.initial.set()
             elif isinstance(event, _speakr.Ready):
                 self.on_ready()
             elif isinstance(event, (_speakr.Pause, _speakr.Continue, _speakr.Clear)):
                 await self.barge_in(event)
             elif isinstance(event, _speakr.Info):
-                self.metrics.agent_info.labels(event.kind).inc()
-                self.log.warning("speakr info (%s): %.200r", event.kind, event.message)
+                self.metrics.agent_info.labels(bounded_label(event.kind, AGENT_INFO_KINDS)).inc()
+                self.log_event(logging.WARNING, "info", "speakr info (%s): %.200r", event.kind, event.message)
             elif isinstance(event, _speakr.End):
                 await self.agent_end(ws)
                 return
@@ -591,11 +636,11 @@ class _Call:
         elif name == "continue":
             actions = self.ledger.resume()
             if not actions:
-                self.log.info("continue with nothing paused: ignored")
+                self.log_event(logging.INFO, "continue_ignored", "continue with nothing paused: ignored")
         else:
             actions = self.ledger.clear()
             self.downlink.reset()  # the old answer's filter tail must not leak into the new one
-        self.log.info("speakr %s", name)
+        self.log_event(logging.INFO, name, "speakr %s", name)
         await self.send_twilio(actions)
 
     async def send_twilio(self, actions: list[Any]) -> None:

@@ -15,7 +15,26 @@ from dataclasses import dataclass, fields
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics", "CallCounters"]
+__all__ = ["Metrics", "CallCounters", "AGENT_INFO_KINDS", "STATUS_CALLBACK_STATUSES", "bounded_label"]
+
+#: ``bridge_agent_info_total{kind}``: the agent's ``info`` codes we know. Any other code is counted as
+#: ``other`` (and still logged, throttled, with its text): a label taken from a peer would let it
+#: grow ``/metrics`` and the process's memory without bound, one series per distinct code.
+AGENT_INFO_KINDS = frozenset({
+    "message", "error", "warning", "notice", "invalid_api_key", "unauthorized", "bad_param", "bad_parameter",
+    "invalid_parameter", "bad_request", "rate_limited", "quota_exceeded", "timeout", "internal_error",
+})
+#: ``bridge_status_callbacks_total{status}``: Twilio's call statuses and stream events; anything else
+#: is ``other``.
+STATUS_CALLBACK_STATUSES = frozenset({
+    "queued", "initiated", "ringing", "in-progress", "completed", "busy", "failed", "no-answer",
+    "canceled", "stream-started", "stream-stopped", "stream-error", "unknown",
+})
+
+
+def bounded_label(value: str, vocabulary: frozenset[str]) -> str:
+    """``value`` if it is in ``vocabulary``, else ``"other"``: a label a peer cannot multiply."""
+    return value if value in vocabulary else "other"
 
 _HOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 _READY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)

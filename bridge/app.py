@@ -24,7 +24,7 @@ from bridge._call import CallSettings, run_call
 from bridge._config import Config, load_config
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
-from bridge._metrics import Metrics
+from bridge._metrics import STATUS_CALLBACK_STATUSES, Metrics, bounded_label
 from bridge._outbound import OutboundCalls, token_subject
 from bridge._tokens import CallTokens
 from bridge._twiml import STREAM_PATH, busy_twiml, connect_twiml, stream_url
@@ -176,8 +176,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
         form = await request.form
         state.outbound.record_status(form)
         status = form.get("StreamEvent") or form.get("CallStatus") or "unknown"
-        label = status if status.replace("-", "").isalpha() and len(status) <= 24 else "other"
-        state.metrics.status_callbacks.labels(label).inc()
+        state.metrics.status_callbacks.labels(bounded_label(status, STATUS_CALLBACK_STATUSES)).inc()
         state.metrics.webhooks.labels("status", "ok").inc()
         logger.info("[%s] status callback: %s", form.get("CallSid", "-"), status)
         return "", 204

@@ -34,6 +34,17 @@ __all__ = ["create_app", "BridgeState", "STREAM_PATH"]
 logger = logging.getLogger("bridge.app")
 
 
+#: Largest request body any HTTP route takes (Quart's MAX_CONTENT_LENGTH, default 16 MiB). Twilio's
+#: webhook bodies are a few KB and ``POST /calls`` takes 64 KiB; the cap is enforced before a byte is
+#: parsed: a declared Content-Length above it is refused with 413 at once, and a chunked body is cut
+#: off as soon as it passes it. (A 16 MB form took 4 s of parsing, with the event loop blocked, to be
+#: refused for its missing signature.)
+MAX_BODY_BYTES = 64 * 1024
+#: Time a request body may take to arrive in full (Quart's BODY_TIMEOUT, default 60 s), then 408 and
+#: the connection is closed. Twilio sends its few KB at once; a client trickling a body holds a file
+#: descriptor, and 60 s of them at a time exhausted a 1,024-descriptor process.
+BODY_TIMEOUT_S = 5
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -116,6 +127,8 @@ def create_app(config: Config | None = None) -> QuartTrio:
     for secret in (config.speakr_api_key, config.twilio_auth_token, config.bridge_api_token):
         register_secret(secret.reveal())
     app = QuartTrio("speakr-bridge")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
     state = BridgeState(config)
     app.extensions["bridge"] = state
     app.register_blueprint(state.outbound.blueprint())

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import resource
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 import pytest
 import trio
 import trio_websocket
@@ -55,8 +61,6 @@ async def test_agent_info_codes_cannot_grow_the_metrics_without_bound(nursery):
 
 
 async def test_status_callback_statuses_cannot_grow_the_metrics_without_bound(nursery):
-    import httpx
-
     bridge = await start_bridge(nursery)  # no auth token: anyone may post
     with trio.fail_after(LIMIT_S):
         async with httpx.AsyncClient(timeout=5.0) as client:
@@ -168,3 +172,202 @@ async def test_an_ended_call_is_freed_without_a_garbage_collection(nursery, scri
         assert calls_in_memory() == 0, "ended calls still in memory without a gc pass (a reference cycle)"
     finally:
         gc.enable()
+
+
+# --- 1. bounded bodies, enforced before any parsing -------------------------------------------------
+
+
+TOKEN = "hostile-test-auth-token"
+
+
+async def post_raw_body(port: int, path: str, total: int, *, chunked: bool) -> int | None:
+    """POST ``total`` bytes of ``a=&a=&…`` (the form that is dearest to parse), unsigned; the HTTP status
+    the server answered, or None if it cut the connection without one."""
+    piece = b"a=&" * 21_845  # 65,535 bytes
+    status: int | None = None
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        async with trio.open_nursery() as race:
+
+            async def read_status() -> None:
+                nonlocal status
+                data = b""
+                try:
+                    while b"\r\n" not in data and len(data) < 4096:
+                        chunk = await stream.receive_some(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                except trio.BrokenResourceError:
+                    pass
+                if data.startswith(b"HTTP/1.1 "):
+                    status = int(data[9:12])
+                race.cancel_scope.cancel()
+
+            race.start_soon(read_status)
+            framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/x-www-form-urlencoded\r\n{framing}\r\n\r\n"
+            )
+            try:
+                await stream.send_all(head.encode())
+                sent = 0
+                while sent < total:
+                    part = piece[: total - sent]
+                    await stream.send_all(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+                    sent += len(part)
+                if chunked:
+                    await stream.send_all(b"0\r\n\r\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the server hung up on us: what it should do
+    return status
+
+
+async def test_a_flood_of_huge_unsigned_webhook_bodies_never_blocks_the_loop_nor_costs_live_audio(nursery):
+    from e2e_helpers import speechlike
+
+    from bridge._config import Secret
+
+    agent, bridge = await start_pair(nursery, twilio_auth_token=Secret(TOKEN))
+    port = int(bridge.base_url.rsplit(":", 1)[1])
+    worst_lag = 0.0
+    tick_s = 0.005
+
+    async def watch_loop(task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal worst_lag
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            while True:
+                t = trio.current_time()
+                await trio.sleep(tick_s)
+                worst_lag = max(worst_lag, trio.current_time() - t - tick_s)
+
+    audio = speechlike(4.0, 8000, seed=16)
+    records = []
+    statuses: list[int | None] = []
+
+    async def live_call() -> None:
+        caller = TwilioCaller(
+            webhook_url=bridge.voice_url, auth_token=TOKEN, audio=audio, speed=1.0, hangup_after_s=4.0
+        )
+        records.append(await caller.run())
+
+    async def attacker(path: str, chunked: bool) -> None:
+        statuses.append(await post_raw_body(port, path, 15_900_000, chunked=chunked))
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as calls:
+            calls.start_soon(live_call)
+            session = await agent.wait_for_session(1)
+            await session.wait_audio_bytes(512 * 8)
+            watcher = await nursery.start(watch_loop)
+            async with trio.open_nursery() as flood:
+                for i in range(8):
+                    flood.start_soon(attacker, ("/twilio/voice", "/twilio/status")[i % 2], i >= 6)
+        watcher.cancel()
+        await bridge.wait_idle()
+    assert worst_lag < 0.2, f"event loop blocked for {worst_lag * 1000:.0f} ms"
+    assert all(status in (413, None) for status in statuses), statuses
+    assert statuses.count(413) >= 4, statuses
+    record = records[0]
+    assert record.outcome == "hung_up", (record.outcome, record.error)
+    assert bridge.metric("bridge_dropped_total", {"reason": "stale_uplink"}) == 0
+    assert session.received_audio[: len(record.sent_pcm)] == record.sent_pcm
+
+
+# --- 8. slow bodies must not exhaust file descriptors ---------------------------------------------------
+
+
+SLOW_CLIENTS = 1_100
+FD_LIMIT = 1_024
+
+
+@asynccontextmanager
+async def serve_with_fd_limit(soft: int, hard: int | None, tmp_path: Path) -> AsyncIterator[str]:
+    """``python -m bridge serve`` started with RLIMIT_NOFILE (soft, hard); yields its base URL."""
+    from test_drain import clean_env, free_port, get_status, open_log
+
+    def limit() -> None:  # runs in the child before exec
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                                                    if hard is None else hard))
+
+    port = free_port()
+    log_fd = open_log(tmp_path / "serve.log")
+    try:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=clean_env({}), cwd=tmp_path, stdout=log_fd, stderr=log_fd, preexec_fn=limit,
+        )
+    finally:
+        os.close(log_fd)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        with trio.fail_after(15):
+            while await get_status(base_url + "/healthz") != 200:  # noqa: ASYNC110 -- another process
+                await trio.sleep(0.05)
+        yield base_url
+    finally:
+        process.kill()
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await process.wait()
+
+
+async def trickle_body(port: int, cut_off: list[float], started: trio.Semaphore) -> None:
+    """A webhook POST whose body comes one byte a second; appends when the server hung up."""
+    try:
+        with trio.move_on_after(5):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        started.release()
+        return
+    if stream is None:  # type: ignore[comparison-overlap]
+        started.release()
+        return
+    t0 = trio.current_time()
+    async with stream:
+        try:
+            head = b"POST /twilio/status HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n" \
+                   b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+            await stream.send_all(head)
+            started.release()
+            async with trio.open_nursery() as both:
+
+                async def watch_close() -> None:
+                    while await stream.receive_some(4096):
+                        pass
+                    cut_off.append(trio.current_time() - t0)
+                    both.cancel_scope.cancel()
+
+                both.start_soon(watch_close)
+                for _ in range(120):
+                    await trio.sleep(1.0)
+                    await stream.send_all(b"a")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            cut_off.append(trio.current_time() - t0)
+
+
+@pytest.mark.parametrize("hard", [None, FD_LIMIT], ids=["hard_limit_above", "hard_limit_1024"])
+async def test_healthz_answers_under_1100_slow_bodies_at_a_1024_fd_limit(nursery, tmp_path, hard):
+    from bridge.app import BODY_TIMEOUT_S
+
+    async with serve_with_fd_limit(FD_LIMIT, hard, tmp_path) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        cut_off: list[float] = []
+        started = trio.Semaphore(0)
+        async with trio.open_nursery() as slow:
+            for _ in range(SLOW_CLIENTS):
+                slow.start_soon(trickle_body, port, cut_off, started)
+            with trio.fail_after(LIMIT_S):
+                for _ in range(SLOW_CLIENTS):
+                    await started.acquire()
+            t0 = trio.current_time()
+            # With the soft limit raised to a hard one above it, every slow client fits and /healthz
+            # answers at once; at a hard limit of 1,024 it answers once the body timeout has cut the
+            # slow clients off (it was Quart's 60 s).
+            bound_s = 3.0 if hard is None else BODY_TIMEOUT_S + 5.0
+            async with httpx.AsyncClient(timeout=bound_s) as client:
+                response = await client.get(base_url + "/healthz")
+            answered_s = trio.current_time() - t0
+            slow.cancel_scope.cancel()
+    assert response.status_code == 200
+    assert answered_s < bound_s, answered_s

@@ -204,6 +204,7 @@ class _Call:
         self.dropping_stale = False
         self.twilio_closed = False
         self.t_start = 0.0
+        self.last_media = 0.0  # when caller audio last arrived: see idle_watch()
         self.nursery: trio.Nursery | None = None
 
     # --- ending -----------------------------------------------------------------
@@ -284,7 +285,7 @@ class _Call:
                 event = parse(await self.twilio.receive())
                 if type(event) is _twilio.Media:
                     # The hot path, inline: decode, re-frame, queue.
-                    now = trio.current_time()
+                    now = self.last_media = trio.current_time()
                     if event.timestamp_ms is not None and self.is_stale(now, event.timestamp_ms):
                         continue
                     pcm = decode(event.payload)
@@ -359,7 +360,7 @@ class _Call:
         self.result.session_id = self.params.session_id
         for warning in warnings:
             self.log.warning("custom parameter ignored: %s", warning)
-        self.t_start = trio.current_time()
+        self.t_start = self.last_media = trio.current_time()
         self.log.info("stream started (%s)", ", ".join(sorted(event.custom_parameters)) or "no parameters")
         self.started.set()
 
@@ -698,6 +699,7 @@ class _Call:
             if not await self.until_ended(self.started.wait):
                 nursery.cancel_scope.cancel()
                 return
+            nursery.start_soon(self.idle_watch)
             with trio.move_on_after(self.config.agent_ready_timeout_s) as ready_scope:
                 await self.until_ended(self.ready.wait)
             if ready_scope.cancelled_caught:
@@ -706,6 +708,22 @@ class _Call:
                 await self.give_up("agent_not_ready")
             await self.ended.wait()
             nursery.cancel_scope.cancel()
+
+    async def idle_watch(self) -> None:
+        """End a started stream that has gone silent: Twilio sends media every 20 ms for the whole
+        call, so a stream with none for ``stream_idle_timeout_s`` is half-open (the caller's side
+        vanished without a close), and it must not hold a call slot and a paid agent session.
+
+        The receiver only stamps ``last_media``; this task wakes about once per timeout.
+        """
+        idle_s = self.config.stream_idle_timeout_s
+        while True:
+            await trio.sleep_until(self.last_media + idle_s)
+            silent_s = trio.current_time() - self.last_media
+            if silent_s >= idle_s:
+                self.log.warning("no audio from twilio for %.1f s: the stream is dead", silent_s)
+                await self.give_up("twilio_idle")
+                return
 
     async def shutdown_watch(self, shutdown: trio.Event) -> None:
         await shutdown.wait()

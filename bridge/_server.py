@@ -49,6 +49,10 @@ def hypercorn_config(host: str = "127.0.0.1", port: int = 0, workers: int = 1) -
     config.worker_class = "trio"
     config.workers = workers
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    # No WebSocket pings (websocket_ping_interval): Hypercorn's ping task sleeps a whole interval
+    # before it sees that a stream has closed, keeping the connection and its file descriptor for up
+    # to that long after every call and delaying shutdown by as much; and it never acts on a missing
+    # pong. A dead Twilio stream is ended by the call runner's idle bound (stream_idle_timeout_s).
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     # Graceful shutdown is the bridge's own drain (see bridge.cli); Hypercorn's

@@ -371,3 +371,39 @@ async def test_healthz_answers_under_1100_slow_bodies_at_a_1024_fd_limit(nursery
             slow.cancel_scope.cancel()
     assert response.status_code == 200
     assert answered_s < bound_s, answered_s
+
+
+# --- 4. a silent, half-open stream is noticed ---------------------------------------------------------------
+
+
+async def test_a_stream_that_goes_silent_ends_within_10_s_and_its_agent_session_is_closed(nursery):
+    from bridge import _twilio
+
+    agent, bridge = await start_pair(nursery)
+    stream_sid, call_sid = "MZ" + "0" * 32, "CA" + "0" * 32
+    with trio.fail_after(LIMIT_S):
+        async with trio_websocket.open_websocket_url(bridge.stream_url) as ws:
+            await ws.send_message(_twilio.connected_message())
+            await ws.send_message(_twilio.start_message(
+                stream_sid=stream_sid, call_sid=call_sid, account_sid="AC" + "0" * 32, custom_parameters={}
+            ))
+            for i in range(25):
+                await ws.send_message(_twilio.media_event_message(
+                    stream_sid=stream_sid, payload=b"\xff" * 160, chunk=i + 1, timestamp_ms=20 * i,
+                    sequence_number=i + 2,
+                ))
+            session = await agent.wait_for_session(1)
+            await session.wait_start()
+            silent_from = trio.current_time()
+            # Now silent, but alive at the TCP level: it still reads (and answers pings).
+            try:
+                while True:
+                    await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                ended_after = trio.current_time() - silent_from
+        await session.closed.wait()
+        await bridge.wait_idle()
+    assert ended_after < 10.0, ended_after
+    assert ended_after >= bridge.state.config.stream_idle_timeout_s - 0.5, ended_after
+    assert session.close_code == 1000
+    assert bridge.metric("bridge_calls_ended_total", {"reason": "twilio_idle"}) == 1

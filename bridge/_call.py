@@ -418,10 +418,14 @@ class _Call:
         if self.result.reason == "unknown":
             self.result.reason = reason
             self.log.info("call ending: %s", reason)
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-            await self.close_twilio()
+        with trio.CancelScope(shield=True):
+            # Each side has its own budget: a Twilio side that hangs must not keep the (paid)
+            # agent session open.
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self.close_twilio()
             if self.speakr is not None and self.speakr.closed is None:
-                await self.speakr.aclose(1000)
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await self.speakr.aclose(1000)
         self.abort(reason)
 
     def put_control(self, message: str) -> None:

@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import resource
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ import httpx
 import pytest
 import trio
 import trio_websocket
-from e2e_helpers import RunningBridge, start_bridge, start_pair
+from e2e_helpers import RunningBridge, start_agent, start_bridge, start_pair
 
 from bridge import _speakr
 from bridge._call import LOG_EVERY_NTH, LOGGED_ERRORS_PER_KIND, LOGGED_EVENTS_PER_KIND
@@ -407,3 +408,86 @@ async def test_a_stream_that_goes_silent_ends_within_10_s_and_its_agent_session_
     assert ended_after >= bridge.state.config.stream_idle_timeout_s - 0.5, ended_after
     assert session.close_code == 1000
     assert bridge.metric("bridge_calls_ended_total", {"reason": "twilio_idle"}) == 1
+
+
+# --- 3. a caller that stops reading ---------------------------------------------------------------------
+
+
+async def stuck_caller(
+    port: int, connected: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A Twilio stream that keeps sending audio (so it is not idle) but never reads what it is sent:
+    a tiny receive buffer, and trio-websocket's one-message queue left full."""
+    from bridge import _twilio
+
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    async with trio.open_nursery() as inner:
+        ws = await trio_websocket.wrap_client_stream(inner, stream, "127.0.0.1", "/twilio/stream")
+        stream_sid, call_sid = "MZ" + "1" * 32, "CA" + "1" * 32
+        await ws.send_message(_twilio.connected_message())
+        await ws.send_message(_twilio.start_message(
+            stream_sid=stream_sid, call_sid=call_sid, account_sid="AC" + "1" * 32, custom_parameters={}
+        ))
+        connected.set()
+        task_status.started()
+        try:
+            for i in range(100_000):
+                await ws.send_message(_twilio.media_event_message(
+                    stream_sid=stream_sid, payload=b"\xff" * 160, chunk=i + 1, timestamp_ms=20 * i,
+                    sequence_number=i + 2,
+                ))
+                await trio.sleep(0.02)
+        except trio_websocket.ConnectionClosed:
+            pass
+        inner.cancel_scope.cancel()
+
+
+async def flood_the_caller(session) -> None:  # type: ignore[no-untyped-def]
+    """Agent audio far beyond any socket buffer: 100 s, cleared, again (each clear makes room)."""
+    second = b"\x00\x10" * 24_000
+    for _ in range(12):
+        await session.send_media(second * 100, chunk_bytes=len(second))
+        await session.clear()
+    await trio.sleep_forever()
+
+
+async def test_a_caller_that_stops_reading_ends_the_call_and_its_agent_session(nursery):
+    agent, bridge = await start_pair(nursery, flood_the_caller)
+    port = int(bridge.base_url.rsplit(":", 1)[1])
+    connected = trio.Event()
+    with trio.fail_after(LIMIT_S):
+        await nursery.start(stuck_caller, port, connected)
+        session = await agent.wait_for_session(1)
+        await session.wait_start()
+        await session.closed.wait()  # the agent session is closed although the caller never reads
+        await bridge.wait_idle(10.0)  # and the call's slot is free
+    assert session.close_code == 1000
+    assert bridge.metric("bridge_calls_ended_total", {"reason": "twilio_stalled"}) == 1
+
+
+async def test_serve_exits_on_sigterm_within_drain_plus_10_s_with_a_caller_not_reading(nursery, tmp_path):
+    from test_drain import serve_process
+
+    drain_s = 1.0
+    agent = await start_agent(nursery, flood_the_caller)
+    env = {"SPEAKR_WS_URL": agent.url, "BRIDGE_DRAIN_TIMEOUT_S": str(drain_s)}
+    async with serve_process(env, tmp_path) as server:
+        port = int(server.base_url.rsplit(":", 1)[1])
+        with trio.fail_after(LIMIT_S):
+            await nursery.start(stuck_caller, port, trio.Event())
+            session = await agent.wait_for_session(1)
+            await session.wait_start()
+            await trio.sleep(1.0)  # the flood is under way and the caller's socket full
+            t_signal = trio.current_time()
+            server.process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(drain_s + 10.0):
+                returncode = await server.process.wait()
+            exited_s = trio.current_time() - t_signal
+            await session.closed.wait()
+    assert server.process.returncode is not None, f"still running {exited_s:.1f} s after SIGTERM"
+    assert returncode == 0, server.log()
+    assert exited_s < drain_s + 10.0
+    assert session.close_code == 1000  # the agent session was closed, not just dropped

@@ -462,6 +462,7 @@ class _Call:
             return
         ws = self.speakr
         assert ws is not None and self.params is not None
+        item: str | bytes = ""
         try:
             await ws.send_message(_speakr.start_message(self.params))
             self.log.info("speakr start sent")
@@ -478,6 +479,9 @@ class _Call:
             await ws.aclose(1000)
         except trio_websocket.ConnectionClosed:
             self.end("agent_disconnect")
+            if type(item) is bytes:  # the frame in flight (the agent was closed first, as at shutdown)
+                self.metrics.dropped.labels("unsent_at_end").inc()
+                self.result.uplink_dropped_bytes += len(item)
 
     async def until_ended(self, *waits: Callable[[], Any]) -> bool:
         """Await each of ``waits`` in turn; False if the call ends first."""
@@ -528,9 +532,10 @@ class _Call:
                     connecting.deadline = math.inf
                     self.speakr = ws
                     self.speakr_open.set()
-                    # Caught here, inside trio-websocket's nursery: an exception that leaves a
-                    # nursery is kept in a reference cycle (trio's frames), and its traceback holds
-                    # this call: every ended call would wait for a full gc to be freed.
+                    # Caught here, inside trio-websocket's block: an exception that leaves it is kept
+                    # in a reference cycle (trio's nursery frames) whose traceback holds this call,
+                    # so every ended call waited for a full gc to be freed; and, measured, the call
+                    # then held its slot for the whole CLOSE_TIMEOUT_S after a normal hang-up.
                     try:
                         await self.receive_agent(ws)
                     except trio_websocket.ConnectionClosed:
@@ -748,6 +753,7 @@ class _Call:
             with trio.move_on_after(CLOSE_TIMEOUT_S) as cleanup:
                 cleanup.shield = True
                 await self.cleanup()
+            self.count_unsent()
             self.counters.flush(self.metrics)
             if self.result.reason == "unknown":
                 self.result.reason = "cancelled"
@@ -759,6 +765,19 @@ class _Call:
             if stats.overflow_bytes:
                 self.metrics.dropped.labels("paused_overflow").inc()
         return self.result
+
+    def count_unsent(self) -> None:
+        """Count the caller audio still queued when the call is over (the agent was closed first, as
+        at shutdown, where the caller's last partial frame is queued after the agent is gone): lost
+        audio is always counted, here as ``unsent_at_end``."""
+        while True:
+            try:
+                item, _ = self.uplink_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if type(item) is bytes:
+                self.metrics.dropped.labels("unsent_at_end").inc()
+                self.result.uplink_dropped_bytes += len(item)
 
     async def cleanup(self) -> None:
         if self.speakr is not None and self.speakr.closed is None:

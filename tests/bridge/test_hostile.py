@@ -491,3 +491,45 @@ async def test_serve_exits_on_sigterm_within_drain_plus_10_s_with_a_caller_not_r
     assert returncode == 0, server.log()
     assert exited_s < drain_s + 10.0
     assert session.close_code == 1000  # the agent session was closed, not just dropped
+
+
+async def test_a_normal_hang_up_frees_its_slot_in_well_under_the_close_timeout(nursery):
+    agent, bridge = await start_pair(nursery)
+    delays = []
+    with trio.fail_after(LIMIT_S):
+        for _ in range(7):
+            record = await TwilioCaller(stream_url=bridge.stream_url, speed=SPEED, hangup_after_s=1.0).run()
+            assert record.outcome == "hung_up", (record.outcome, record.error)
+            while bridge.state.active_calls:  # noqa: ASYNC110 -- server state has no event to wait on
+                await trio.sleep(0.002)
+            delays.append(trio.current_time() - record.events_of("stop_sent")[0].wall_s)
+    delays.sort()
+    assert delays[len(delays) // 2] < 0.3, delays  # was 1.0 s: the whole CLOSE_TIMEOUT_S, every call
+
+
+async def test_caller_audio_lost_to_a_shutdown_is_counted(nursery):
+    from e2e_helpers import speechlike
+
+    agent, bridge = await start_pair(nursery)
+    audio = speechlike(10.0, 8000, seed=9)
+    records = []
+
+    async def call() -> None:
+        records.append(await TwilioCaller(stream_url=bridge.stream_url, audio=audio, speed=1.0).run())
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as calls:
+            calls.start_soon(call)
+            session = await agent.wait_for_session(1)
+            await session.wait_audio_bytes(512 * 10 + 100)
+            await trio.sleep(0.03)  # mid-frame: 20 ms Twilio frames never line up with 32 ms Speakr ones
+            bridge.state.end_all_calls.set()  # what the drain does at its timeout
+        await bridge.wait_idle()
+    assert bridge.metric("bridge_calls_ended_total", {"reason": "server_shutdown"}) == 1
+    received = len(session.received_audio)
+    # Every byte of caller audio the bridge took in either reached the agent or was counted as lost.
+    lost = bridge.metric("bridge_dropped_total", {"reason": "unsent_at_end"})
+    assert received % 512 == 0
+    taken_in = bridge.metric("bridge_audio_bytes_total", {"direction": "twilio_in"}) * 2  # μ-law -> PCM16
+    if taken_in > received:
+        assert lost >= 1, (taken_in, received)

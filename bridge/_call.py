@@ -597,7 +597,7 @@ class _Call:
                 counters.speakr_media_in += 1
                 counters.speakr_bytes_in += len(event.audio)
                 ulaw = self.downlink.process(event.audio)
-                if self.ledger.pending_bytes + self.ledger.held_bytes + len(ulaw) > MAX_UNPLAYED_BYTES:
+                if self.ledger.unplayed_bytes + len(ulaw) > MAX_UNPLAYED_BYTES:
                     self.metrics.dropped.labels("downlink_overflow").inc()
                     ahead_s = MAX_UNPLAYED_BYTES // 8000
                     self.log_event(

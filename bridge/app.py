@@ -40,9 +40,10 @@ logger = logging.getLogger("bridge.app")
 #: off as soon as it passes it. (A 16 MB form took 4 s of parsing, with the event loop blocked, to be
 #: refused for its missing signature.)
 MAX_BODY_BYTES = 64 * 1024
-#: Time a request body may take to arrive in full (Quart's BODY_TIMEOUT, default 60 s), then 408 and
-#: the connection is closed. Twilio sends its few KB at once; a client trickling a body holds a file
-#: descriptor, and 60 s of them at a time exhausted a 1,024-descriptor process.
+#: Time a request body may take to arrive in full (Quart's BODY_TIMEOUT, default 60 s), then the
+#: handler answers 408 and its task ends. Twilio sends its few KB at once. (Hypercorn keeps the TCP
+#: connection, and its file descriptor, while the client goes on trickling: the descriptor limit is
+#: what bounds those; see bridge._server.raise_fd_limit and the README.)
 BODY_TIMEOUT_S = 5
 
 Scope = MutableMapping[str, Any]

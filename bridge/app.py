@@ -23,6 +23,7 @@ from twilio.request_validator import RequestValidator
 from bridge import _twilio
 from bridge._call import CallSettings, run_call
 from bridge._config import Config, load_config
+from bridge._dashboard import publish_end, publish_start
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
 from bridge._metrics import Metrics
@@ -30,6 +31,7 @@ from bridge._outbound import OutboundCalls, token_subject
 from bridge._store import RENEW_EVERY_S, MemoryStore, Store, StoreUnavailable, open_store
 from bridge._tokens import CallTokens
 from bridge._twiml import STREAM_PATH, busy_twiml, connect_twiml, stream_url
+from bridge._web import register_web
 
 __all__ = ["create_app", "BridgeState", "STREAM_PATH", "RUNTIME_DIR_ENV"]
 
@@ -230,6 +232,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     state = BridgeState(config)
     app.extensions["bridge"] = state
     app.register_blueprint(state.outbound.blueprint())
+    register_web(app, state)
     if not config.twilio_auth_token:
         logger.warning(
             "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked and anyone who can reach "
@@ -397,6 +400,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         refusal = await state.admit(start)
         if refusal is None:
             admitted.append(start.call_sid)
+            await publish_start(state.store, start.call_sid, start.custom_parameters)
         return refusal
 
     settings = CallSettings(
@@ -408,8 +412,9 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         hangup=state.outbound.hangup if state.outbound.rest_configured else None,
     )
     state.active_calls += 1
+    result = None
     try:
-        await run_call(socket, settings)
+        result = await run_call(socket, settings)
     except Exception:
         # The call's edge: a bug in one call must not reach Hypercorn or other calls.
         state.metrics.calls_ended.labels("internal_error").inc()
@@ -417,6 +422,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         await socket.close(1011)
     finally:
         for call_sid in admitted:
+            await publish_end(state.store, call_sid, result)  # the dashboard's record, before the lease goes
             await state.release(call_sid)
         state.active_calls -= 1
         if state.active_calls == 0 and state.draining:

@@ -148,6 +148,10 @@ class Metrics:
         self.webhooks = Counter(
             "bridge_webhooks", "Twilio HTTP requests, by route and outcome", ["route", "outcome"], registry=r
         )
+        self.web = Counter(
+            "bridge_web_requests", "Browser-page requests (sign-in, pages), by route and outcome",
+            ["route", "outcome"], registry=r,
+        )
         self.status_callbacks = Counter(
             "bridge_status_callbacks", "Twilio status callbacks, by status", ["status"], registry=r
         )

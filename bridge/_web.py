@@ -143,7 +143,7 @@ def register_web(app: QuartTrio, state: Any) -> DashboardFeed:
         if auth is None:
             return page("disabled", 503)
         if not signed_in():
-            state.metrics.webhooks.labels("web_" + name, "unauthorized").inc()
+            state.metrics.web.labels("web_" + name, "unauthorized").inc()
             return page("login", 401)
         return page(name)
 
@@ -173,10 +173,10 @@ def register_web(app: QuartTrio, state: Any) -> DashboardFeed:
         if auth is None:
             return page("disabled", 503)
         if not auth.token_matches(form.get("token", "")):
-            state.metrics.webhooks.labels("web_login", "bad_token").inc()
+            state.metrics.web.labels("web_login", "bad_token").inc()
             logger.warning("web sign-in refused: wrong token")
             return page("login", 401)
-        state.metrics.webhooks.labels("web_login", "ok").inc()
+        state.metrics.web.labels("web_login", "ok").inc()
         response = redirect(f"/{target}", 303)
         response.set_cookie(
             SESSION_COOKIE,

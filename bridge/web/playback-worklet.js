@@ -14,7 +14,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     super();
     this.ring = new Float32Array(RING);
     this.written = 0; // samples ever queued
-    this.read = 0; // fractional samples ever played
+    this.read = 0; // fractional position in everything ever queued (jumps to the end on clear)
+    this.played = 0; // fractional samples actually played
     this.marks = []; // {name, at}: reported once read >= at
     this.step = IN_RATE / sampleRate;
     this.lastLoud = -1;
@@ -51,6 +52,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         const b = k + 1 < this.written ? this.ring[(k + 1) % RING] : a;
         x = a + (b - a) * frac;
         this.read += this.step;
+        this.played += this.step;
         if (this.read > this.written) this.read = this.written;
       }
       out[i] = x;
@@ -67,7 +69,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.port.postMessage({ type: "mark", name: this.marks.shift().name });
     }
     if (++this.quanta % REPORT_EVERY === 0) {
-      this.port.postMessage({ type: "level", peak: this.peak, played: Math.floor(this.read), queued: this.written - Math.floor(this.read) });
+      this.port.postMessage({ type: "level", peak: this.peak, played: Math.floor(this.played), queued: this.written - Math.floor(this.read) });
       this.peak = 0;
     }
     return true;

@@ -10,7 +10,7 @@ const hangupBtn = $("hangup");
 // Figures for people and for the browser tests (read through page.evaluate); no secrets in here.
 const stats = {
   framesSent: 0, marksReceived: 0, marksEchoed: 0, clears: 0, clearedMarks: 0, mediaReceived: 0,
-  playedSamples: 0, captureOnsets: [], playbackOnsets: [], closeCode: null, callSid: null,
+  playedSamples: 0, captureOnsets: [], sendOnsets: [], playbackOnsets: [], closeCode: null, callSid: null,
 };
 window.phoneStats = stats;
 
@@ -21,10 +21,9 @@ function setState(text) {
 }
 
 function wallOf(ctx, contextTime) {
-  // Context time -> wall-clock milliseconds (performance.timeOrigin is epoch ms).
-  const ts = ctx.getOutputTimestamp();
-  const perf = ts.performanceTime + (contextTime - ts.contextTime) * 1000;
-  return performance.timeOrigin + perf;
+  // A worklet's render time -> wall-clock ms (performance.timeOrigin is epoch ms). Render time, not
+  // time heard: what reaches the ear is later by ctx.outputLatency, reported beside it.
+  return performance.timeOrigin + performance.now() - (ctx.currentTime - contextTime) * 1000;
 }
 
 async function startCall() {
@@ -51,6 +50,8 @@ async function startCall() {
     const ws = new WebSocket(`${scheme}//${location.host}${ticket.stream_path}`);
     call = { ctx, mic, ws, ticket, seq: 0, chunk: 0, ended: false };
     stats.callSid = ticket.call_sid;
+    stats.baseLatencyMs = (ctx.baseLatency || 0) * 1000;
+    stats.outputLatencyMs = (ctx.outputLatency || 0) * 1000;
     $("call-sid").textContent = ticket.call_sid;
 
     const source = ctx.createMediaStreamSource(mic);
@@ -97,6 +98,9 @@ async function startCall() {
         peak = Math.max(peak, Math.abs(samples[i]));
       }
       $("meter-up").value = peak;
+      const now = performance.timeOrigin + performance.now();
+      if (peak > 0.25 && now - (call.lastLoudSend || 0) > 200) stats.sendOnsets.push(now);
+      if (peak > 0.25) call.lastLoudSend = now;
       const chunk = ++call.chunk;
       send({
         event: "media", sequenceNumber: String(++call.seq), streamSid,

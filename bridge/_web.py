@@ -36,7 +36,7 @@ from typing import Any, Final
 import orjson
 import trio
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
-from quart import Response, redirect, request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from bridge._dashboard import WEB_ORIGIN_PARAMETER, DashboardFeed
@@ -177,7 +177,7 @@ def register_web(app: QuartTrio, state: Any) -> DashboardFeed:
             logger.warning("web sign-in refused: wrong token")
             return page("login", 401)
         state.metrics.web.labels("web_login", "ok").inc()
-        response = redirect(f"/{target}", 303)
+        response = Response("", status=303, headers={"Location": f"/{target}"})
         response.set_cookie(
             SESSION_COOKIE,
             auth.new_cookie(),
@@ -191,7 +191,7 @@ def register_web(app: QuartTrio, state: Any) -> DashboardFeed:
 
     @app.post("/web/logout")
     async def logout() -> Response:
-        response = redirect("/phone", 303)
+        response = Response("", status=303, headers={"Location": "/phone"})
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict")
         return _secure_headers(response)
 

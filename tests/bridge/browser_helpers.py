@@ -1,4 +1,4 @@
-"""Helpers for the browser tests: a real bridge + agent emulator in a Trio thread, Debian's Chromium via playwright.
+"""Browser-test helpers: a real bridge and agent emulator in a Trio thread, Debian's Chromium (playwright).
 
 The bridge and the agent emulator run in one Trio loop on a background thread (a real Hypercorn server on
 127.0.0.1); the test drives Chromium with playwright's sync API on the test's thread. Reads of the bridge's

@@ -13,12 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import trio
-
-from bridge._config import Secret
-from bridge.emulators import AgentSession
-
 from browser_helpers import (
     API_TOKEN,
     TWILIO_TOKEN,
@@ -31,6 +26,9 @@ from browser_helpers import (
     sign_in,
     write_wav,
 )
+
+from bridge._config import Secret
+from bridge.emulators import AgentSession
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DEMO_WAV = Path(__file__).resolve().parents[2] / "bridge" / "data" / "demo_caller.wav"
@@ -101,9 +99,14 @@ def test_web_phone_call_through_the_twilio_stream(tmp_path: Path) -> None:
         # The agent hears the caller's speech: its loudness contour matches the WAV's.
         assert bridge.agent is not None
         agent = bridge.agent
-        bridge.wait_for(lambda: bool(agent.sessions) and len(agent.sessions[0].received_audio) >= 8000 * 2 * 5,
-                        20, "5 s of caller audio at the agent")
-        received = np.frombuffer(bridge.run(lambda: agent.sessions[0].received_audio), "<i2").astype(np.float64)
+        bridge.wait_for(
+            lambda: bool(agent.sessions) and len(agent.sessions[0].received_audio) >= 8000 * 2 * 5,
+            20,
+            "5 s of caller audio at the agent",
+        )
+        received = np.frombuffer(bridge.run(lambda: agent.sessions[0].received_audio), "<i2").astype(
+            np.float64
+        )
         score = best_envelope_correlation(envelope(received, 8000), envelope(speech[: 8000 * 3], 8000))
         assert score > 0.8, (
             f"caller speech not recognisable at the agent (envelope correlation {score:.2f}, "
@@ -118,7 +121,9 @@ def test_web_phone_call_through_the_twilio_stream(tmp_path: Path) -> None:
         # Barge-in: the agent's clear reaches the page, which drops the rest and echoes pending marks.
         bridge.wait_for(lambda: "cleared" in phase, 20, "the agent's clear")
         _wait_stat(phone, "clears", 1)
-        bridge.wait_for(lambda: len(agent.sessions[0].statuses) > phase["answered"], 10, "the cleared mark's status")
+        bridge.wait_for(
+            lambda: len(agent.sessions[0].statuses) > phase["answered"], 10, "the cleared mark's status"
+        )
         time.sleep(1.0)
         played_after_clear = phone.evaluate("window.phoneStats.playedSamples")
         assert played_after_clear < 8000 * (ANSWER_S + LONG_ANSWER_S) * 0.6, "playback went on after clear"
@@ -134,7 +139,9 @@ def test_web_phone_call_through_the_twilio_stream(tmp_path: Path) -> None:
         ).wait_for(timeout=10_000)
 
         # It was a Twilio stream call like any other: the stream handler's metrics counted it.
-        bridge.wait_for(lambda: bridge.state is not None and bridge.state.active_calls == 0, 10, "the call to end")
+        bridge.wait_for(
+            lambda: bridge.state is not None and bridge.state.active_calls == 0, 10, "the call to end"
+        )
         assert bridge.metric("bridge_calls_total") == 1
         assert bridge.metric("bridge_calls_ended_total", {"reason": "twilio_stop"}) == 1
         assert bridge.metric("bridge_marks_total", {"outcome": "played"}) >= 1
@@ -151,7 +158,7 @@ def test_mouth_to_ear_latency(tmp_path: Path) -> None:
     clicks = 10
     period_s = 0.6
     pcm = np.zeros(int(rate * (1.0 + clicks * period_s + 3.0)))
-    click = (20000 * np.sin(2 * np.pi * 1000 * np.arange(int(rate * 0.01)) / rate))
+    click = 20000 * np.sin(2 * np.pi * 1000 * np.arange(int(rate * 0.01)) / rate)
     for k in range(clicks):
         at = int(rate * (1.0 + k * period_s))
         pcm[at : at + len(click)] = click
@@ -160,7 +167,9 @@ def test_mouth_to_ear_latency(tmp_path: Path) -> None:
 
     async def script(session: AgentSession) -> None:
         await session.wait_audio_bytes(8000 * 2 * 2)
-        burst = (20000 * np.sin(2 * np.pi * 1000 * np.arange(int(AGENT_RATE * 0.01)) / AGENT_RATE)).astype("<i2")
+        burst = (20000 * np.sin(2 * np.pi * 1000 * np.arange(int(AGENT_RATE * 0.01)) / AGENT_RATE)).astype(
+            "<i2"
+        )
         gap = np.zeros(int(AGENT_RATE * period_s) - len(burst), "<i2")
         for _ in range(clicks):
             sent.append(trio.current_time())
@@ -190,11 +199,15 @@ def test_mouth_to_ear_latency(tmp_path: Path) -> None:
         if i - last > rate * 0.2:
             onsets.append(int(i))
         last = i
-    arrived = [(frames[int(np.searchsorted(frame_end, i, side="right"))].wall_s - offset) * 1000 for i in onsets]
+    arrived = [
+        (frames[int(np.searchsorted(frame_end, i, side="right"))].wall_s - offset) * 1000 for i in onsets
+    ]
     captured = stats["captureOnsets"]
     up = _pair(captured, arrived)
     down = _pair([(t - offset) * 1000 for t in sent], stats["playbackOnsets"])
-    assert len(up) >= clicks // 2, f"uplink clicks matched: {len(up)} (captured {len(captured)}, arrived {len(arrived)})"
+    assert len(up) >= clicks // 2, (
+        f"uplink clicks matched: {len(up)} (captured {len(captured)}, arrived {len(arrived)})"
+    )
     assert len(down) >= clicks // 2, f"downlink clicks matched: {len(down)}"
     report = (
         f"mouth-to-ear on loopback: uplink (fake-mic click -> agent) p50 {_pct(up, 50):.1f} ms "

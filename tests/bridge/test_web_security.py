@@ -22,7 +22,10 @@ DATA = [("GET", "/dashboard/calls"), ("GET", "/dashboard/events"), ("POST", "/ph
 
 
 async def _bridge(nursery: trio.Nursery, **extra: Any) -> tuple[Any, RunningBridge]:
-    config: dict[str, Any] = {"bridge_api_token": Secret(API_TOKEN), "twilio_auth_token": Secret(TWILIO_TOKEN)}
+    config: dict[str, Any] = {
+        "bridge_api_token": Secret(API_TOKEN),
+        "twilio_auth_token": Secret(TWILIO_TOKEN),
+    }
     config.update(extra)
     return await start_pair(nursery, **config)
 
@@ -95,7 +98,9 @@ async def test_forged_or_expired_cookie_is_refused(kind: str) -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             agent, bridge = await _bridge(nursery)
-            async with httpx.AsyncClient(base_url=bridge.base_url, cookies={SESSION_COOKIE: cookie}) as client:
+            async with httpx.AsyncClient(
+                base_url=bridge.base_url, cookies={SESSION_COOKIE: cookie}
+            ) as client:
                 for path in PAGES:
                     assert (await client.get(path)).status_code == 401
                 for method, path in DATA:
@@ -111,7 +116,10 @@ async def _stream_start(bridge: RunningBridge, call_sid: str, parameters: dict[s
         await ws.send_message('{"event": "connected", "protocol": "Call", "version": "1.0.0"}')
         await ws.send_message(
             _twilio.start_message(
-                stream_sid=stream_sid, call_sid=call_sid, account_sid="AC" + "0" * 32, custom_parameters=parameters
+                stream_sid=stream_sid,
+                call_sid=call_sid,
+                account_sid="AC" + "0" * 32,
+                custom_parameters=parameters,
             )
         )
         try:
@@ -135,7 +143,9 @@ async def test_stream_without_a_valid_per_call_token_is_refused() -> None:
             token = params.pop("bridge_token")
             assert API_TOKEN not in str(first) and TWILIO_TOKEN not in str(first)
             await _stream_start(bridge, first["call_sid"], params)  # no token
-            await _stream_start(bridge, first["call_sid"], {**params, "bridge_token": second["parameters"]["bridge_token"]})
+            await _stream_start(
+                bridge, first["call_sid"], {**params, "bridge_token": second["parameters"]["bridge_token"]}
+            )
             await _stream_start(bridge, first["call_sid"], {**params, "bridge_token": API_TOKEN})
             await bridge.wait_idle()
             assert bridge.metric("bridge_calls_rejected_total", {"reason": "missing_token"}) == 1
@@ -156,8 +166,14 @@ async def test_no_secret_in_what_the_pages_serve() -> None:
             async with httpx.AsyncClient(base_url=bridge.base_url) as client:
                 await _signed_in(client)
                 served = [await client.get(p) for p in PAGES]
-                for name in ("common.js", "phone.js", "dashboard.js", "capture-worklet.js",
-                             "playback-worklet.js", "style.css"):
+                for name in (
+                    "common.js",
+                    "phone.js",
+                    "dashboard.js",
+                    "capture-worklet.js",
+                    "playback-worklet.js",
+                    "style.css",
+                ):
                     served.append(await client.get(f"/web/{name}"))
                 served.append(await client.post("/phone/session", json={}))
                 served.append(await client.get("/dashboard/calls"))

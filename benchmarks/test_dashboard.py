@@ -72,7 +72,7 @@ async def test_dashboard_with_50_live_calls(tmp_path: Path, bench_report: list[s
         async with httpx.AsyncClient(base_url=server.base_url) as client:
             login = await client.post("/web/login", data={"token": API_TOKEN})
             cookie = login.cookies["bridge_session"]
-        with open(tmp_path / "sim.log", "wb") as log:
+        with (tmp_path / "sim.log").open("wb") as log:  # noqa: ASYNC230 -- once, before any call
             sim = await trio.lowlevel.open_process(
                 [
                     sys.executable,
@@ -91,11 +91,12 @@ async def test_dashboard_with_50_live_calls(tmp_path: Path, bench_report: list[s
             )
         try:
             with trio.fail_after(30):
-                while await server.metric("bridge_calls_active") < CALLS:
+                while await server.metric("bridge_calls_active") < CALLS:  # noqa: ASYNC110 -- a scrape
                     await trio.sleep(0.2)
             pids = _worker_pids(server.process.pid)
             lines = [
-                f"dashboard with {CALLS} live calls (serve, 1 worker, SQLite store; {WINDOW_S:.0f} s per phase)"
+                f"dashboard with {CALLS} live calls (serve, 1 worker, SQLite store; "
+                f"{WINDOW_S:.0f} s per phase)"
             ]
             cpus: list[float] = []
             per_viewer: list[tuple[int, float, list[dict[str, int]]]] = []
@@ -115,7 +116,8 @@ async def test_dashboard_with_50_live_calls(tmp_path: Path, bench_report: list[s
                 per_viewer.append((viewers, elapsed, counts))
                 live = await server.metric("bridge_calls_active")
                 lines.append(
-                    f"  phase {viewers:2d} viewer(s): server CPU {cpus[-1]:5.1f}% of a core, {live:.0f} calls live"
+                    f"  phase {viewers:2d} viewer(s): server CPU {cpus[-1]:5.1f}% of a core, "
+                    f"{live:.0f} calls live"
                 )
                 assert live == CALLS, "calls ended during the measurement: lengthen --hangup-after"
             for i, (viewers, elapsed, counts) in enumerate(per_viewer):

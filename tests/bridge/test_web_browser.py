@@ -128,6 +128,11 @@ def test_web_phone_call_through_the_twilio_stream(tmp_path: Path) -> None:
         played_after_clear = phone.evaluate("window.phoneStats.playedSamples")
         assert played_after_clear < 8000 * (ANSWER_S + LONG_ANSWER_S) * 0.6, "playback went on after clear"
 
+        for page in (phone, dashboard):  # what the browser holds: no secret of the server's
+            html = page.content()
+            assert API_TOKEN not in html and TWILIO_TOKEN not in html
+        assert API_TOKEN not in str(context.cookies())
+
         DOCS.mkdir(exist_ok=True)
         phone.screenshot(path=str(DOCS / "phone.png"))
         dashboard.screenshot(path=str(DOCS / "dashboard.png"))

@@ -156,6 +156,10 @@ async def test_stream_without_a_valid_per_call_token_is_refused() -> None:
             session = await agent.wait_for_session()
             assert (await session.wait_start())["system_prompt"] == "be brief"  # the page's prompt
             assert len(agent.sessions) == 1
+            # used up: the same token cannot open a second stream (a replay)
+            await _stream_start(bridge, first["call_sid"], {**params, "bridge_token": token})
+            assert bridge.metric("bridge_calls_rejected_total", {"reason": "reused_token"}) == 1
+            assert len(agent.sessions) == 1
             nursery.cancel_scope.cancel()
 
 

@@ -13,7 +13,8 @@ Reading: one :class:`DashboardFeed` per process. While at least one viewer is co
 the live-call index, the last :data:`RECENT_MINUTES` minute indexes and the calls' records every
 :data:`POLL_S` (records of ended calls do not change and are cached), builds rows, and hands each
 viewer the rows that changed since its last update (Server-Sent Events, ``bridge._web``). Viewers cost a
-queue each; the store is read once per poll whatever their number.
+queue each; the store is read once per poll whatever their number. When the server drains, the poller
+ends every viewer's stream within a poll (the page's EventSource then reconnects, to another worker).
 """
 
 from __future__ import annotations
@@ -129,8 +130,9 @@ def _row(base: dict[str, Any], events: list[dict[str, Any]], live: str | None) -
 class DashboardFeed:
     """The rows of the dashboard, read from the store while anyone watches, pushed as diffs."""
 
-    def __init__(self, store_of: Any) -> None:
+    def __init__(self, store_of: Any, closing: Any = None) -> None:
         self._store_of = store_of  # a callable returning the current store (it is swapped at startup)
+        self._closing = closing or (lambda: False)  # true once the server drains: viewers are let go
         self._viewers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
         self._rows: dict[str, dict[str, Any]] = {}
         self._ended: dict[str, dict[str, Any]] = {}  # final rows, never read again
@@ -157,6 +159,12 @@ class DashboardFeed:
             if not self._viewers:
                 self._wake = trio.Event()
                 await self._wake.wait()
+            if self._closing():  # a draining server must not wait for open dashboards
+                for viewer in list(self._viewers):
+                    viewer.close()
+                self._viewers.clear()
+                await trio.sleep(POLL_S)
+                continue
             try:
                 changed, gone = await self._poll()
             except StoreUnavailable as exc:

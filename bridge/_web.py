@@ -126,7 +126,7 @@ def register_web(app: QuartTrio, state: Any) -> DashboardFeed:
     config = state.config
     token = config.bridge_api_token.reveal()
     auth = WebAuth(token) if token else None
-    feed = DashboardFeed(lambda: state.store)
+    feed = DashboardFeed(lambda: state.store, lambda: state.draining)
 
     @app.before_serving
     async def start_feed() -> None:
@@ -246,7 +246,10 @@ def register_web(app: QuartTrio, state: Any) -> DashboardFeed:
                 while True:
                     update: dict[str, Any] | None = None
                     with trio.move_on_after(SSE_KEEPALIVE_S):  # no yield inside a cancel scope
-                        update = await receive.receive()
+                        try:
+                            update = await receive.receive()
+                        except trio.EndOfChannel:  # the server is draining
+                            return
                     if update is None:
                         yield b": keepalive " + str(int(time.time())).encode() + b"\n\n"
                     else:

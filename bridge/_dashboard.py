@@ -3,7 +3,10 @@
 Theory of operation
 -------------------
 Publishing: the stream handler (``bridge.app.serve_stream``) calls :func:`publish_start` once a stream is
-admitted and :func:`publish_end` when its call is over: two store writes per call, never per frame. Each
+admitted and :func:`publish_end` when its call is over; in between, :class:`LiveCall` reads the call's
+result and playback ledger every :data:`LIVE_PUBLISH_S` and overwrites its live view
+(``dash-live:<CallSid>``: state, barge-ins, audio played and cleared, playout delay) when it changed. The
+store is written at control rate, never per frame. Each
 call gets its own record under ``dash:<CallSid>`` (a base set once, then one ``end`` event), kept apart
 from the outbound-call records (``<CallSid>``), and a line in the index of its minute
 (``dash-index:<unix minute>``). Every store backend has records, so the dashboard spans the workers of a
@@ -30,7 +33,15 @@ import trio
 
 from bridge._store import Store, StoreUnavailable
 
-__all__ = ["DashboardFeed", "publish_start", "publish_end", "call_direction", "WEB_ORIGIN_PARAMETER"]
+__all__ = [
+    "DashboardFeed",
+    "LiveCall",
+    "publish_start",
+    "publish_end",
+    "live_view",
+    "call_direction",
+    "WEB_ORIGIN_PARAMETER",
+]
 
 logger = logging.getLogger("bridge.dashboard")
 
@@ -98,6 +109,7 @@ async def publish_end(store: Store, call_sid: str, result: Any) -> None:
         "marks_played": int(getattr(stats, "marks_played", 0) or 0),
         "marks_cleared": int(getattr(stats, "marks_cleared", 0) or 0),
         "ready_ms": None if ready is None else round(ready * 1000.0, 1),
+        "delay_ms": None,
         "uplink_frames": int(getattr(result, "uplink_frames", 0) or 0),
     }
     try:
@@ -105,6 +117,57 @@ async def publish_end(store: Store, call_sid: str, result: Any) -> None:
             await store.record_event("dash:" + call_sid, event)
     except StoreUnavailable as exc:
         logger.warning("[%s] dashboard end not stored: %s", call_sid, exc)
+
+
+#: A live call's view is read this often and written to the store when it changed: control rate,
+#: never per frame; a second matches the dashboard's own poll.
+LIVE_PUBLISH_S: Final = 1.0
+#: The live view outlives its last write by this much (a worker that dies stops refreshing it).
+LIVE_TTL_S: Final = 30.0
+
+
+def live_view(result: Any, ledger: Any) -> dict[str, Any]:
+    """What the dashboard shows of a call in progress, from the runner's result and playback ledger."""
+    stats = ledger.stats
+    paused = getattr(getattr(ledger, "state", None), "value", "") == "paused"
+    return {
+        "state": "paused" if paused else ("agent-speaking" if not ledger.idle else "talking"),
+        "barge_ins": sum((result.barge_in or {}).values()),
+        "played_ms": int(stats.played_ms),
+        "cleared_ms": int(stats.cleared_bytes * 1000 // max(1, stats.bytes_per_second)),
+        "marks_played": int(stats.marks_played),
+        "marks_cleared": int(stats.marks_cleared),
+        "ready_ms": None if result.start_to_ready_s is None else round(result.start_to_ready_s * 1000.0, 1),
+        "delay_ms": round(float(ledger.playout_delay_s) * 1000.0, 1),
+    }
+
+
+class LiveCall:
+    """The stream handler's one hook: observes its call and publishes the live view at control rate."""
+
+    def __init__(self) -> None:
+        self.call_sid: str | None = None  # set once the stream is admitted
+        self._observed: tuple[Any, Any] | None = None
+
+    def observe(self, result: Any, ledger: Any) -> None:
+        self._observed = (result, ledger)
+
+    async def publish(self, store_of: Any) -> None:
+        """Until cancelled: write the live view when it changed, every LIVE_PUBLISH_S."""
+        last: dict[str, Any] | None = None
+        while True:
+            await trio.sleep(LIVE_PUBLISH_S)
+            if self.call_sid is None or self._observed is None:
+                continue
+            view = live_view(*self._observed)
+            if view == last:
+                continue
+            try:
+                await store_of().record_put("dash-live:" + self.call_sid, view, LIVE_TTL_S)
+            except StoreUnavailable as exc:
+                logger.debug("[%s] live view not stored: %s", self.call_sid, exc)
+            else:
+                last = view
 
 
 def _row(base: dict[str, Any], events: list[dict[str, Any]], live: str | None) -> dict[str, Any]:
@@ -121,7 +184,7 @@ def _row(base: dict[str, Any], events: list[dict[str, Any]], live: str | None) -
     if end is not None:
         row.update({k: v for k, v in end.items() if k != "kind"})
     elif live is not None:
-        row["state"] = "talking" if live == "live" else "connecting"
+        row["state"] = "connecting" if live != "live" else "talking"
     else:
         row["state"] = "lost"  # its lease lapsed without an end: the worker died
     return row
@@ -203,6 +266,10 @@ class DashboardFeed:
             if found is None:
                 continue  # a lease whose stream has not started (a reservation), or not ours
             row = _row(found[0], found[1], live.get(sid))
+            if row["state"] == "talking":
+                view = await store.record_get("dash-live:" + sid)
+                if view is not None:
+                    row.update(view[0])
             rows[sid] = row
             if row["state"] in ("ended", "lost"):
                 self._ended[sid] = row

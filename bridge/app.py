@@ -23,7 +23,7 @@ from twilio.request_validator import RequestValidator
 from bridge import _twilio
 from bridge._call import CallSettings, run_call
 from bridge._config import Config, load_config
-from bridge._dashboard import publish_end, publish_start
+from bridge._dashboard import LiveCall, publish_end, publish_start
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
 from bridge._metrics import Metrics
@@ -395,12 +395,14 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
     await send({"type": "websocket.accept"})
     socket = AsgiTwilioSocket(receive, send)
     admitted: list[str] = []
+    live = LiveCall()  # the dashboard's view of this call
 
     async def authorize(start: _twilio.Start) -> str | None:
         refusal = await state.admit(start)
         if refusal is None:
             admitted.append(start.call_sid)
             await publish_start(state.store, start.call_sid, start.custom_parameters)
+            live.call_sid = start.call_sid
         return refusal
 
     settings = CallSettings(
@@ -410,11 +412,15 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         authorize=authorize,
         shutdown=state.end_all_calls,
         hangup=state.outbound.hangup if state.outbound.rest_configured else None,
+        observe=live.observe,
     )
     state.active_calls += 1
     result = None
     try:
-        result = await run_call(socket, settings)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(live.publish, lambda: state.store)
+            result = await run_call(socket, settings)
+            nursery.cancel_scope.cancel()
     except Exception:
         # The call's edge: a bug in one call must not reach Hypercorn or other calls.
         state.metrics.calls_ended.labels("internal_error").inc()

@@ -30,17 +30,19 @@ function render(row) {
   tr.setAttribute("data-testid", "call-row");
   tr.setAttribute("data-call-sid", row.sid);
   tr.setAttribute("data-state", row.state);
-  const live = row.state !== "ended" && row.state !== "lost";
+  const live = row.state !== "ended" && row.state !== "lost";  // connecting, talking, agent-speaking, paused
   if (live) tr.className = "live";
   cell(tr, row.sid);
   cell(tr, row.agent);
   cell(tr, row.direction);
   cell(tr, row.state, `state-${row.state}`);
   cell(tr, duration(row), "duration");
-  cell(tr, row.barge_ins ?? (live ? "…" : 0));
-  cell(tr, live ? "…" : fmtMs(row.played_ms));
-  cell(tr, live ? "…" : fmtMs(row.cleared_ms));
-  cell(tr, live ? "…" : fmtMs(row.ready_ms));
+  const known = (v, fmt) => (v === undefined ? "…" : fmt(v));
+  cell(tr, known(row.barge_ins, String));
+  cell(tr, known(row.played_ms, fmtMs));
+  cell(tr, known(row.cleared_ms, fmtMs));
+  cell(tr, known(row.ready_ms, fmtMs));
+  cell(tr, known(row.delay_ms, fmtMs));
   cell(tr, row.reason);
   cell(tr, row.worker);
   return tr;

@@ -7,8 +7,10 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+import pytest
 import trio
 from e2e_helpers import start_pair
+from test_fleet import each_store
 
 from bridge._config import Secret
 from bridge._web import SESSION_COOKIE
@@ -95,4 +97,49 @@ async def test_dashboard_streams_end_when_the_server_drains() -> None:
                     with trio.fail_after(5):
                         async for _ in lines:
                             pass  # ends when the server lets the viewer go
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+async def test_record_put_overwrites_and_expires(tmp_path: Any, kind: str) -> None:
+    """The live view's store operation, on every backend."""
+    async with each_store(kind, tmp_path) as store:
+        await store.record_put("dash-live:CA1", {"state": "talking"}, ttl_s=1.0)
+        await store.record_put("dash-live:CA1", {"state": "paused", "barge_ins": 1}, ttl_s=1.0)
+        assert await store.record_get("dash-live:CA1") == ({"state": "paused", "barge_ins": 1}, [])
+        await trio.sleep(1.3)
+        assert await store.record_get("dash-live:CA1") is None
+
+
+async def test_live_view_shows_agent_speech_and_barge_in_during_the_call() -> None:
+    async def talk_then_clear(session: AgentSession) -> None:
+        await session.wait_audio_bytes(8000)
+        t = np.arange(24000 * 4) / 24000
+        await session.send_media((8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes())
+        await trio.sleep(2.5)
+        await session.clear()
+        await trio.sleep(30)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            _, bridge = await start_pair(nursery, talk_then_clear, bridge_api_token=Secret(API_TOKEN))
+            async with httpx.AsyncClient(base_url=bridge.base_url, timeout=None) as client:
+                login = await client.post("/web/login", data={"token": API_TOKEN})
+                client.cookies.set(SESSION_COOKIE, login.cookies[SESSION_COOKIE])
+                rows: dict[str, dict[str, Any]] = {}
+                changed = [trio.Event()]
+                async with trio.open_nursery() as viewer:
+                    viewer.start_soon(_events, client, rows, changed)
+                    caller = TwilioCaller(stream_url=bridge.stream_url, audio=b"\0\0" * 8000 * 20)
+                    viewer.start_soon(caller.run)
+                    await _wait_row(rows, changed, caller.call_sid, "agent-speaking")
+                    # the clear is counted and empties playback (one or two updates later)
+                    while (rows[caller.call_sid].get("barge_ins"), rows[caller.call_sid]["state"]) != (
+                        1,
+                        "talking",
+                    ):
+                        await changed[0].wait()
+                    row = rows[caller.call_sid]
+                    assert 1000 <= row["played_ms"] <= 3500 and row["cleared_ms"] > 0
+                    viewer.cancel_scope.cancel()
             nursery.cancel_scope.cancel()

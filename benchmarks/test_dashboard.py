@@ -136,6 +136,11 @@ async def test_dashboard_with_50_live_calls(tmp_path: Path, bench_report: list[s
                 assert not short, (
                     f"{len(short)} of {viewers} viewers got no full table: {short[:3]}\n" + "\n".join(lines)
                 )
+            polls = await server.metric("bridge_dashboard_poll_seconds_count")
+            poll_s = await server.metric("bridge_dashboard_poll_seconds_sum")
+            lines.append(
+                f"  store reads: {polls:.0f} polls, {poll_s / max(1.0, polls) * 1000:.1f} ms each on average"
+            )
             report = "\n".join(lines)
             print(report)
             bench_report.append(report)

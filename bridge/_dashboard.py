@@ -193,12 +193,14 @@ def _row(base: dict[str, Any], events: list[dict[str, Any]], live: str | None) -
 class DashboardFeed:
     """The rows of the dashboard, read from the store while anyone watches, pushed as diffs."""
 
-    def __init__(self, store_of: Any, closing: Any = None) -> None:
+    def __init__(self, store_of: Any, closing: Any = None, poll_seconds: Any = None) -> None:
         self._store_of = store_of  # a callable returning the current store (it is swapped at startup)
         self._closing = closing or (lambda: False)  # true once the server drains: viewers are let go
         self._viewers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
         self._rows: dict[str, dict[str, Any]] = {}
         self._ended: dict[str, dict[str, Any]] = {}  # final rows, never read again
+        self._bases: dict[str, dict[str, Any]] = {}  # live calls' bases (set once): only the view is read
+        self._poll_seconds = poll_seconds  # a Histogram, or None
         self._wake = trio.Event()
         self.polls = 0
 
@@ -228,11 +230,14 @@ class DashboardFeed:
                 self._viewers.clear()
                 await trio.sleep(POLL_S)
                 continue
+            started = time.perf_counter()
             try:
                 changed, gone = await self._poll()
             except StoreUnavailable as exc:
                 logger.warning("dashboard: store unavailable: %s", exc)
             else:
+                if self._poll_seconds is not None:
+                    self._poll_seconds.observe(time.perf_counter() - started)
                 if changed or gone:
                     self._push({"type": "diff", "rows": changed, "gone": gone})
             await trio.sleep(POLL_S)
@@ -262,10 +267,16 @@ class DashboardFeed:
             if sid in self._ended:
                 rows[sid] = self._ended[sid]
                 continue
-            found = await store.record_get("dash:" + sid)
-            if found is None:
-                continue  # a lease whose stream has not started (a reservation), or not ours
-            row = _row(found[0], found[1], live.get(sid))
+            base = self._bases.get(sid)
+            if base is not None and live.get(sid) == "live":
+                row = _row(base, [], "live")  # its base is known: one read, of the live view
+            else:
+                found = await store.record_get("dash:" + sid)
+                if found is None:
+                    continue  # a lease whose stream has not started (a reservation), or not ours
+                row = _row(found[0], found[1], live.get(sid))
+                if row["state"] == "talking":
+                    self._bases[sid] = found[0]
             if row["state"] == "talking":
                 view = await store.record_get("dash-live:" + sid)
                 if view is not None:
@@ -280,6 +291,7 @@ class DashboardFeed:
         for extra in ended[MAX_ENDED_ROWS:]:
             rows.pop(extra["sid"], None)
         self._ended = {sid: r for sid, r in self._ended.items() if sid in rows}
+        self._bases = {sid: b for sid, b in self._bases.items() if live.get(sid) == "live"}
         changed = [r for sid, r in rows.items() if self._rows.get(sid) != r]
         gone = [sid for sid in self._rows if sid not in rows]
         self._rows = rows

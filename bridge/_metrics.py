@@ -162,6 +162,10 @@ class Metrics:
             if _multiprocess()
             else HopHistogram(hop_name, hop_doc, buckets=_HOP_BUCKETS, registry=r)
         )
+        self.dashboard_poll = Histogram(
+            "bridge_dashboard_poll_seconds", "One read of the store for the dashboard (while watched)",
+            buckets=_READY_BUCKETS, registry=r,
+        )
         self.agent_ready = Histogram(
             "bridge_agent_ready_seconds", "Twilio start to Speakr ready", buckets=_READY_BUCKETS, registry=r
         )

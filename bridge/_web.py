@@ -126,7 +126,7 @@ def register_web(app: QuartTrio, state: Any) -> DashboardFeed:
     config = state.config
     token = config.bridge_api_token.reveal()
     auth = WebAuth(token) if token else None
-    feed = DashboardFeed(lambda: state.store, lambda: state.draining)
+    feed = DashboardFeed(lambda: state.store, lambda: state.draining, state.metrics.dashboard_poll)
 
     @app.before_serving
     async def start_feed() -> None:

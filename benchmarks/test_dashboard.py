@@ -52,17 +52,16 @@ def _worker_pids(parent: int) -> list[int]:
     return pids
 
 
-async def _viewer(base: str, cookie: str, counts: dict[str, int], until: float) -> None:
-    async with httpx.AsyncClient(base_url=base, cookies={"bridge_session": cookie}, timeout=None) as client:
-        async with client.stream("GET", "/dashboard/events") as response:
-            assert response.status_code == 200
-            with trio.move_on_at(until):
-                async for line in response.aiter_lines():
-                    if line.startswith("data: "):
-                        update = orjson.loads(line[6:])
-                        counts["messages"] += 1
-                        counts["rows"] += len(update.get("rows", []))
-                        counts["bytes"] += len(line)
+async def _viewer(client: httpx.AsyncClient, counts: dict[str, int], until: float) -> None:
+    async with client.stream("GET", "/dashboard/events") as response:
+        assert response.status_code == 200
+        with trio.move_on_at(until):
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    update = orjson.loads(line[6:])
+                    counts["messages"] += 1
+                    counts["rows"] += len(update.get("rows", []))
+                    counts["bytes"] += len(line)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc for CPU times")
@@ -104,11 +103,18 @@ async def test_dashboard_with_50_live_calls(tmp_path: Path, bench_report: list[s
                 counts = [{"messages": 0, "rows": 0, "bytes": 0} for _ in range(viewers)]
                 cpu0 = sum(_cpu_s(p) for p in pids)
                 t0 = time.monotonic()
-                async with trio.open_nursery() as nursery:
+                # One client for every viewer (a client per viewer would spend the window building SSL
+                # contexts in this process), one connection each.
+                limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+                cookies = {"bridge_session": cookie}
+                async with (
+                    httpx.AsyncClient(
+                        base_url=server.base_url, cookies=cookies, timeout=None, limits=limits
+                    ) as viewing,
+                    trio.open_nursery() as nursery,
+                ):
                     for c in counts:
-                        nursery.start_soon(
-                            _viewer, server.base_url, cookie, c, trio.current_time() + WINDOW_S
-                        )
+                        nursery.start_soon(_viewer, viewing, c, trio.current_time() + WINDOW_S)
                     if not viewers:
                         await trio.sleep(WINDOW_S)
                 elapsed = time.monotonic() - t0

@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final
 
+import orjson
 import trio
 
 from bridge._store import Store, StoreUnavailable
@@ -196,7 +197,7 @@ class DashboardFeed:
     def __init__(self, store_of: Any, closing: Any = None, poll_seconds: Any = None) -> None:
         self._store_of = store_of  # a callable returning the current store (it is swapped at startup)
         self._closing = closing or (lambda: False)  # true once the server drains: viewers are let go
-        self._viewers: set[trio.MemorySendChannel[dict[str, Any]]] = set()
+        self._viewers: set[trio.MemorySendChannel[bytes]] = set()  # each gets SSE-ready bytes
         self._rows: dict[str, dict[str, Any]] = {}
         self._ended: dict[str, dict[str, Any]] = {}  # final rows, never read again
         self._bases: dict[str, dict[str, Any]] = {}  # live calls' bases (set once): only the view is read
@@ -207,8 +208,8 @@ class DashboardFeed:
     def rows(self) -> list[dict[str, Any]]:
         return sorted(self._rows.values(), key=lambda r: -(r.get("started_at") or 0.0))
 
-    def subscribe(self) -> tuple[trio.MemoryReceiveChannel[dict[str, Any]], Any]:
-        send, receive = trio.open_memory_channel[dict[str, Any]](VIEWER_QUEUE)
+    def subscribe(self) -> tuple[trio.MemoryReceiveChannel[bytes], Any]:
+        send, receive = trio.open_memory_channel[bytes](VIEWER_QUEUE)
         self._viewers.add(send)
         self._wake.set()
 
@@ -243,9 +244,10 @@ class DashboardFeed:
             await trio.sleep(POLL_S)
 
     def _push(self, update: dict[str, Any]) -> None:
+        message = orjson.dumps(update)  # once, whatever the number of viewers
         for viewer in list(self._viewers):
             try:
-                viewer.send_nowait(update)
+                viewer.send_nowait(message)
             except trio.WouldBlock:  # behind: it gets a snapshot on its next read instead
                 logger.debug("dashboard viewer behind; dropping one diff")
             except trio.ClosedResourceError:

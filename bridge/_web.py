@@ -244,7 +244,7 @@ def register_web(app: QuartTrio, state: Any) -> DashboardFeed:
             try:
                 yield b"data: " + orjson.dumps({"type": "snapshot", "rows": feed.rows()}) + b"\n\n"
                 while True:
-                    update: dict[str, Any] | None = None
+                    update: bytes | None = None
                     with trio.move_on_after(SSE_KEEPALIVE_S):  # no yield inside a cancel scope
                         try:
                             update = await receive.receive()
@@ -253,7 +253,7 @@ def register_web(app: QuartTrio, state: Any) -> DashboardFeed:
                     if update is None:
                         yield b": keepalive " + str(int(time.time())).encode() + b"\n\n"
                     else:
-                        yield b"data: " + orjson.dumps(update) + b"\n\n"
+                        yield b"data: " + update + b"\n\n"
             finally:
                 unsubscribe()
 

@@ -51,7 +51,8 @@ from bridge import _speakr, _twilio
 from bridge._config import Config
 from bridge._errors import CallEnded, SpeakrProtocolError, TwilioProtocolError
 from bridge._ledger import PlaybackLedger, SegmentPlayed, SendClear, SendMark, SendMedia
-from bridge._metrics import CallCounters, Metrics
+from bridge._logging import LogThrottle
+from bridge._metrics import AGENT_INFO_KINDS, CallCounters, Metrics, bounded_label
 from bridge._uplink import UplinkFramer
 
 __all__ = ["TwilioSocket", "CallResult", "CallSettings", "run_call"]
@@ -98,6 +99,10 @@ SPEAKR_RECEIVE_BUFFER_BYTES = 64 * 1024
 STALE_UPLINK_S = 0.5
 #: Bad input is always counted; per call and kind, the first few are logged, then every 100th.
 LOGGED_ERRORS_PER_KIND = 5
+#: Normal but peer-driven events (barge-in, ``info``, DTMF): a real call has a handful, so the first
+#: 50 of each kind per call are logged, then every 100th; a flood stays a few lines.
+LOGGED_EVENTS_PER_KIND = 50
+LOG_EVERY_NTH = 100
 #: How often the per-call hot-path counters are folded into the registry.
 COUNTER_FLUSH_FRAMES = 50
 
@@ -179,14 +184,18 @@ class CallResult:
 
 
 class _CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes every line with the call's ids, as far as they are known."""
+    """Prefixes every line with the call's ids, as far as they are known.
 
-    def __init__(self, call: _Call) -> None:
+    It holds the call's result (where the ids are), never the call: a call -> log -> call cycle
+    would keep every ended call in memory until a full garbage collection.
+    """
+
+    def __init__(self, result: CallResult) -> None:
         super().__init__(logger, {})
-        self._call = call
+        self._result = result
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        r = self._call.result
+        r = self._result
         ids = {
             "call_sid": r.call_sid or "-",
             "stream_sid": r.stream_sid or "-",
@@ -203,7 +212,9 @@ class _Call:
         self.config = settings.config
         self.metrics = settings.metrics
         self.result = CallResult()
-        self.log = _CallLog(self)
+        self.log = _CallLog(self.result)
+        self.error_lines = LogThrottle(LOGGED_ERRORS_PER_KIND, LOG_EVERY_NTH)
+        self.event_lines = LogThrottle(LOGGED_EVENTS_PER_KIND, LOG_EVERY_NTH)
         self.counters = CallCounters()
         self.framer = UplinkFramer()
         self.ledger = PlaybackLedger()
@@ -231,6 +242,7 @@ class _Call:
         self.dropping_stale = False
         self.twilio_closed = False
         self.t_start = 0.0
+        self.last_media = 0.0  # when caller audio last arrived: see idle_watch()
         self.nursery: trio.Nursery | None = None
 
     # --- ending -----------------------------------------------------------------
@@ -265,8 +277,19 @@ class _Call:
         self.metrics.protocol_errors.labels(peer, kind).inc()
         key = f"{peer}:{kind}"
         seen = self.result.protocol_errors[key] = self.result.protocol_errors.get(key, 0) + 1
-        if seen <= LOGGED_ERRORS_PER_KIND or seen % 100 == 0:
+        if self.error_lines.seen(key) is not None:
             self.log.warning("bad %s input (%s, %d so far this call): %s", peer, kind, seen, detail)
+
+    def log_event(self, level: int, key: str, msg: str, *args: Any, errors: bool = False) -> None:
+        """Log a line that a peer can make us repeat, thinned by kind (see :class:`LogThrottle`)."""
+        throttle = self.error_lines if errors else self.event_lines
+        seen = throttle.seen(key)
+        if seen is None:
+            return
+        if seen > throttle.first:
+            msg += " (%d so far this call, logging every %dth)"
+            args = (*args, seen, throttle.every)
+        self.log.log(level, msg, *args)
 
     def parse_twilio(self, data: str | bytes) -> _twilio.TwilioEvent | None:
         """One Twilio message as an event, or None (counted and logged) when it is bad."""
@@ -300,7 +323,7 @@ class _Call:
                 event = parse(await self.twilio.receive())
                 if type(event) is _twilio.Media:
                     # The hot path, inline: decode, re-frame, queue.
-                    now = trio.current_time()
+                    now = self.last_media = trio.current_time()
                     if event.timestamp_ms is not None and self.is_stale(now, event.timestamp_ms):
                         continue
                     pcm = decode(event.payload)
@@ -336,7 +359,8 @@ class _Call:
             if not self.dropping_stale:
                 self.dropping_stale = True
                 late_ms = (lag - self.min_lag) * 1000
-                self.log.warning("caller audio arriving %.0f ms late: dropping it", late_ms)
+                self.log_event(logging.WARNING, "stale", "caller audio arriving %.0f ms late: dropping it",
+                               late_ms, errors=True)
             return True
         self.dropping_stale = False
         return False
@@ -377,7 +401,7 @@ class _Call:
         self.result.session_id = self.params.session_id
         for warning in warnings:
             self.log.warning("custom parameter ignored: %s", warning)
-        self.t_start = trio.current_time()
+        self.t_start = self.last_media = trio.current_time()
         self.log.info("stream started (%s)", ", ".join(sorted(event.custom_parameters)) or "no parameters")
         self.started.set()
 
@@ -390,7 +414,7 @@ class _Call:
             return True
         elif isinstance(event, _twilio.Dtmf):
             self.metrics.dtmf.inc()
-            self.log.info("dtmf %s", event.digit)
+            self.log_event(logging.INFO, "dtmf", "dtmf %s", event.digit)
         elif isinstance(event, _twilio.Start):
             self.count_error("twilio", "second_start", "a second start was ignored")
         else:  # Connected again
@@ -440,9 +464,13 @@ class _Call:
             self.result.uplink_dropped_bytes += len(frame)
             if self.stalled_since is None:
                 self.stalled_since = t_received
-                self.log.warning("speakr is not keeping up: dropping caller audio")
+                self.log_event(
+                    logging.WARNING, "uplink_overflow", "speakr is not keeping up: dropping caller audio",
+                    errors=True,
+                )
             elif t_received - self.stalled_since > self.config.agent_stall_timeout_s:
-                self.log.error("speakr stalled for %.1f s", t_received - self.stalled_since)
+                stalled_s = t_received - self.stalled_since
+                self.log_event(logging.ERROR, "stalled", "speakr stalled for %.1f s", stalled_s, errors=True)
                 self.nursery.start_soon(self.give_up, "agent_stalled")  # type: ignore[union-attr]
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the call is ending; the sender is gone
@@ -456,10 +484,14 @@ class _Call:
         if self.result.reason == "unknown":
             self.result.reason = reason
             self.log.info("call ending: %s", reason)
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-            await self.close_twilio()
+        with trio.CancelScope(shield=True):
+            # Each side has its own budget: a Twilio side that hangs must not keep the (paid)
+            # agent session open.
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self.close_twilio()
             if self.speakr is not None and self.speakr.closed is None:
-                await self.speakr.aclose(1000)
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await self.speakr.aclose(1000)
         self.abort(reason)
 
     def put_control(self, message: str) -> None:
@@ -497,6 +529,7 @@ class _Call:
             return
         ws = self.speakr
         assert ws is not None and self.params is not None
+        item: str | bytes = ""
         try:
             await ws.send_message(_speakr.start_message(self.params))
             self.log.info("speakr start sent")
@@ -528,6 +561,9 @@ class _Call:
             await ws.aclose(1000)
         except trio_websocket.ConnectionClosed:
             self.end("agent_disconnect")
+            if type(item) is bytes:  # the frame in flight (the agent was closed first, as at shutdown)
+                self.metrics.dropped.labels("unsent_at_end").inc()
+                self.result.uplink_dropped_bytes += len(item)
 
     async def until_ended(self, *waits: Callable[[], Any]) -> bool:
         """Await each of ``waits`` in turn; False if the call ends first."""
@@ -564,6 +600,8 @@ class _Call:
         # trio-websocket's own connect_timeout does not fire when the peer accepts TCP but never
         # answers the upgrade (its reader task keeps the handshake waiting): bound it ourselves.
         timeout_s = self.config.agent_connect_timeout_s
+        gone = False
+        ended: str | None = None
         try:
             with trio.CancelScope(deadline=trio.current_time() + timeout_s) as connecting:
                 async with trio_websocket.open_websocket_url(
@@ -576,9 +614,23 @@ class _Call:
                     connecting.deadline = math.inf
                     self.speakr = ws
                     self.speakr_open.set()
-                    await self.receive_agent(ws)
+                    # Caught here, inside trio-websocket's block: an exception that leaves it is kept
+                    # in a reference cycle (trio's nursery frames) whose traceback holds this call,
+                    # so every ended call waited for a full gc to be freed; and, measured, the call
+                    # then held its slot for the whole CLOSE_TIMEOUT_S after a normal hang-up.
+                    try:
+                        await self.receive_agent(ws)
+                    except trio_websocket.ConnectionClosed:
+                        gone = True
+                    except CallEnded as exc:
+                        ended = exc.reason
             if connecting.cancelled_caught:
                 return f"no handshake within {timeout_s:g} s"
+            if gone:
+                await self.agent_gone()
+            if ended is not None:
+                # Twilio's socket closed under us while we were sending agent audio to it.
+                self.end(ended)
         except trio_websocket.ConnectionRejected as exc:
             return f"rejected with HTTP {exc.status_code}"
         except trio_websocket.HandshakeError as exc:
@@ -627,24 +679,27 @@ class _Call:
                 counters.speakr_media_in += 1
                 counters.speakr_bytes_in += len(event.audio)
                 ulaw = self.downlink.process(event.audio)
-                if self.ledger.pending_bytes + self.ledger.held_bytes + len(ulaw) > MAX_UNPLAYED_BYTES:
+                if self.ledger.unplayed_bytes + len(ulaw) > MAX_UNPLAYED_BYTES:
                     self.metrics.dropped.labels("downlink_overflow").inc()
                     ahead_s = MAX_UNPLAYED_BYTES // 8000
-                    self.log.warning("speakr is more than %d s ahead: audio dropped", ahead_s)
+                    self.log_event(
+                        logging.WARNING, "downlink_overflow", "speakr is more than %d s ahead: audio dropped",
+                        ahead_s, errors=True,
+                    )
                     continue
                 key = (event.session_id, event.sequence_id)
                 await self.send_twilio(self.ledger.append(key, ulaw, t0, close=True))
                 hop.observe(trio.current_time() - t0)
             elif isinstance(event, _speakr.Initial):
-                self.log.info("speakr initial")
+                self.log_event(logging.INFO, "initial", "speakr initial")
                 self.initial.set()
             elif isinstance(event, _speakr.Ready):
                 self.on_ready()
             elif isinstance(event, (_speakr.Pause, _speakr.Continue, _speakr.Clear)):
                 await self.barge_in(event)
             elif isinstance(event, _speakr.Info):
-                self.metrics.agent_info.labels(event.kind).inc()
-                self.log.warning("speakr info (%s): %.200r", event.kind, event.message)
+                self.metrics.agent_info.labels(bounded_label(event.kind, AGENT_INFO_KINDS)).inc()
+                self.log_event(logging.WARNING, "info", "speakr info (%s): %.200r", event.kind, event.message)
             elif isinstance(event, _speakr.End):
                 await self.agent_end(ws)
                 return
@@ -675,11 +730,11 @@ class _Call:
         elif name == "continue":
             actions = self.ledger.resume(now)
             if not actions:
-                self.log.info("continue with nothing paused: ignored")
+                self.log_event(logging.INFO, "continue_ignored", "continue with nothing paused: ignored")
         else:
             actions = self.ledger.clear(now)
             self.downlink.reset()  # the old answer's filter tail must not leak into the new one
-        self.log.info("speakr %s", name)
+        self.log_event(logging.INFO, name, "speakr %s", name)
         await self.send_twilio(actions)
 
     async def send_twilio(self, actions: list[Any]) -> None:
@@ -737,6 +792,7 @@ class _Call:
             if not await self.until_ended(self.started.wait):
                 nursery.cancel_scope.cancel()
                 return
+            nursery.start_soon(self.idle_watch)
             with trio.move_on_after(self.config.agent_ready_timeout_s) as ready_scope:
                 await self.until_ended(self.ready.wait)
             if ready_scope.cancelled_caught:
@@ -745,6 +801,22 @@ class _Call:
                 await self.give_up("agent_not_ready")
             await self.ended.wait()
             nursery.cancel_scope.cancel()
+
+    async def idle_watch(self) -> None:
+        """End a started stream that has gone silent: Twilio sends media every 20 ms for the whole
+        call, so a stream with none for ``stream_idle_timeout_s`` is half-open (the caller's side
+        vanished without a close), and it must not hold a call slot and a paid agent session.
+
+        The receiver only stamps ``last_media``; this task wakes about once per timeout.
+        """
+        idle_s = self.config.stream_idle_timeout_s
+        while True:
+            await trio.sleep_until(self.last_media + idle_s)
+            silent_s = trio.current_time() - self.last_media
+            if silent_s >= idle_s:
+                self.log.warning("no audio from twilio for %.1f s: the stream is dead", silent_s)
+                await self.give_up("twilio_idle")
+                return
 
     async def shutdown_watch(self, shutdown: trio.Event) -> None:
         await shutdown.wait()
@@ -765,6 +837,7 @@ class _Call:
             with trio.move_on_after(CLOSE_TIMEOUT_S) as cleanup:
                 cleanup.shield = True
                 await self.cleanup()
+            self.count_unsent()
             self.counters.flush(self.metrics)
             if self.result.reason == "unknown":
                 self.result.reason = "cancelled"
@@ -776,6 +849,19 @@ class _Call:
             if stats.overflow_bytes:
                 self.metrics.dropped.labels("paused_overflow").inc()
         return self.result
+
+    def count_unsent(self) -> None:
+        """Count the caller audio still queued when the call is over (the agent was closed first, as
+        at shutdown, where the caller's last partial frame is queued after the agent is gone): lost
+        audio is always counted, here as ``unsent_at_end``."""
+        while True:
+            try:
+                item, _ = self.uplink_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if type(item) is bytes:
+                self.metrics.dropped.labels("unsent_at_end").inc()
+                self.result.uplink_dropped_bytes += len(item)
 
     async def cleanup(self) -> None:
         if self.speakr is not None and self.speakr.closed is None:

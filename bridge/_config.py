@@ -86,6 +86,8 @@ class Config:
     agent_connect_timeout_s: float = 5.0
     agent_ready_timeout_s: float = 5.0
     stream_start_timeout_s: float = 10.0
+    #: A started stream from which no audio arrives this long is dead (Twilio sends media every 20 ms).
+    stream_idle_timeout_s: float = 5.0
     drain_timeout_s: float = 30.0
     agent_stall_timeout_s: float = 5.0
     bridge_token_ttl_s: float = 300.0
@@ -226,6 +228,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "BRIDGE_AGENT_CONNECT_TIMEOUT_S": ("agent_connect_timeout_s", _float_in(0.1, 120.0)),
     "BRIDGE_AGENT_READY_TIMEOUT_S": ("agent_ready_timeout_s", _float_in(0.1, 120.0)),
     "BRIDGE_STREAM_START_TIMEOUT_S": ("stream_start_timeout_s", _float_in(0.1, 120.0)),
+    "BRIDGE_STREAM_IDLE_TIMEOUT_S": ("stream_idle_timeout_s", _float_in(0.5, 120.0)),
     "BRIDGE_DRAIN_TIMEOUT_S": ("drain_timeout_s", _float_in(0.0, 3600.0)),
     "BRIDGE_AGENT_STALL_TIMEOUT_S": ("agent_stall_timeout_s", _float_in(0.1, 120.0)),
 }

@@ -1,4 +1,8 @@
-"""``speakr-bridge doctor``: what is configured, and does it work?"""
+"""``speakr-bridge doctor``: what is configured, and does it work?
+
+Everything it prints goes through the same secret scrubbing as the logs: an agent that echoes the
+API key back ("invalid api key spk_…") must not put it on an operator's terminal or in a CI log.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import codec
 from bridge import _speakr
 from bridge._config import Config, load_config
 from bridge._errors import SpeakrProtocolError
+from bridge._logging import register_secret, scrub
 
 __all__ = ["doctor_command", "check_agent"]
 
@@ -36,7 +41,9 @@ async def check_agent(url: str, timeout_s: float = 5.0) -> Finding:
                 if isinstance(event, _speakr.Initial):
                     return Finding(OK, "agent reachable and answered 'initial'")
                 if isinstance(event, _speakr.Info):
-                    return Finding(FAIL, f"agent answered info ({event.kind}): {str(event.message)[:120]}")
+                    # Scrubbed before it is cut short, so that no prefix of a secret survives.
+                    said = scrub(str(event.message))[:120]
+                    return Finding(FAIL, f"agent answered info ({event.kind}): {said}")
                 return Finding(FAIL, f"agent answered {type(event).__name__} instead of 'initial'")
     except trio.TooSlowError:
         return Finding(FAIL, f"agent did not answer 'initial' within {timeout_s:.0f} s")
@@ -121,21 +128,27 @@ async def _run(config: Config) -> list[Finding]:
     return findings
 
 
+def _say(text: str = "") -> None:
+    print(scrub(text))
+
+
 def doctor_command() -> int:
     config = load_config()
-    print("speakr-bridge doctor\n\nconfiguration (secrets redacted):")
+    for secret in (config.speakr_api_key, config.twilio_auth_token, config.bridge_api_token):
+        register_secret(secret.reveal())
+    _say("speakr-bridge doctor\n\nconfiguration (secrets redacted):")
     for name, value in config.redacted().items():
-        print(f"  {name:26} {value}")
-    print()
+        _say(f"  {name:26} {value}")
+    _say()
     findings = trio.run(_run, config)
     for f in findings:
-        print(f"  [{f.level:4}] {f.what}")
+        _say(f"  [{f.level:4}] {f.what}")
     failures = [f for f in findings if f.level == FAIL]
     warnings = [f for f in findings if f.level == WARN]
-    print()
+    _say()
     if failures:
-        print(f"verdict: NOT READY ({len(failures)} problem(s), {len(warnings)} warning(s))")
+        _say(f"verdict: NOT READY ({len(failures)} problem(s), {len(warnings)} warning(s))")
         return 1
-    print(f"verdict: READY ({len(warnings)} warning(s))")
+    _say(f"verdict: READY ({len(warnings)} warning(s))")
     sys.stdout.flush()
     return 0

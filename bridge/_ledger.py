@@ -339,14 +339,15 @@ class PlaybackLedger:
         return self._pending_bytes
 
     @property
+    def unplayed_bytes(self) -> int:
+        """Bytes of the current answer the caller has yet to hear: sent and unconfirmed, or held while
+        paused. Unlike :attr:`pending_bytes`, audio already cleared from Twilio does not count."""
+        return self._live_bytes + self._cut_bytes + self._held_bytes
+
+    @property
     def held_bytes(self) -> int:
         """Bytes kept aside while paused: pieces cut off by the pause plus audio held since."""
         return self._cut_bytes + self._held_bytes
-
-    @property
-    def unplayed_bytes(self) -> int:
-        """Bytes accepted and neither played nor dropped: unconfirmed in this epoch, cut off or held."""
-        return self._live_bytes + self._cut_bytes + self._held_bytes
 
     @property
     def idle(self) -> bool:

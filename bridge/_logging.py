@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["configure_logging", "register_secret", "JsonFormatter"]
+__all__ = ["configure_logging", "register_secret", "scrub", "JsonFormatter", "LogThrottle"]
 
 _SECRETS: set[str] = set()
 _CALL_FIELDS = ("call_sid", "stream_sid", "session_id")
@@ -26,17 +26,43 @@ def register_secret(value: str) -> None:
         _SECRETS.add(value)
 
 
-def _scrub(text: str) -> str:
+def scrub(text: str) -> str:
+    """``text`` with every registered secret replaced by asterisks (for any output, not only logs)."""
     for secret in _SECRETS:
         if secret in text:
             text = text.replace(secret, "********")
     return text
 
 
+class LogThrottle:
+    """Which occurrences of a repeated event get a log line: the first ``first`` per key, then every
+    ``every``-th.
+
+    A peer that repeats something thousands of times a second (bad input, ``info``, ``continue``,
+    audio that has to be dropped) must not become thousands of log lines: the counters stay exact,
+    only the lines are thinned. Keys come from a fixed set in the caller's code, so the table stays
+    small.
+    """
+
+    __slots__ = ("first", "every", "_seen")
+
+    def __init__(self, first: int, every: int) -> None:
+        if first < 0 or every < 1:
+            raise ValueError(f"need first >= 0 and every >= 1, got {first!r}, {every!r}")
+        self.first = first
+        self.every = every
+        self._seen: dict[str, int] = {}
+
+    def seen(self, key: str) -> int | None:
+        """Count one occurrence of ``key``: its running count if this one is to be logged, else None."""
+        n = self._seen[key] = self._seen.get(key, 0) + 1
+        return n if n <= self.first or n % self.every == 0 else None
+
+
 class _ScrubFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if _SECRETS:
-            record.msg = _scrub(record.getMessage())
+            record.msg = scrub(record.getMessage())
             record.args = None
         return True
 
@@ -56,7 +82,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 entry[key] = value
         if record.exc_info:
-            entry["exception"] = _scrub(self.formatException(record.exc_info))
+            entry["exception"] = scrub(self.formatException(record.exc_info))
         return orjson.dumps(entry).decode()
 
 

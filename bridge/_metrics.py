@@ -38,7 +38,34 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["Metrics", "CallCounters", "HopHistogram", "HopChild"]
+__all__ = [
+    "AGENT_INFO_KINDS",
+    "STATUS_CALLBACK_STATUSES",
+    "CallCounters",
+    "HopChild",
+    "HopHistogram",
+    "Metrics",
+    "bounded_label",
+]
+
+#: ``bridge_agent_info_total{kind}``: the agent's ``info`` codes we know. Any other code is counted as
+#: ``other`` (and still logged, throttled, with its text): a label taken from a peer would let it
+#: grow ``/metrics`` and the process's memory without bound, one series per distinct code.
+AGENT_INFO_KINDS = frozenset({
+    "message", "error", "warning", "notice", "invalid_api_key", "unauthorized", "bad_param", "bad_parameter",
+    "invalid_parameter", "bad_request", "rate_limited", "quota_exceeded", "timeout", "internal_error",
+})
+#: ``bridge_status_callbacks_total{status}``: Twilio's call statuses and stream events; anything else
+#: is ``other``.
+STATUS_CALLBACK_STATUSES = frozenset({
+    "queued", "initiated", "ringing", "in-progress", "completed", "busy", "failed", "no-answer",
+    "canceled", "stream-started", "stream-stopped", "stream-error", "unknown",
+})
+
+
+def bounded_label(value: str, vocabulary: frozenset[str]) -> str:
+    """``value`` if it is in ``vocabulary``, else ``"other"``: a label a peer cannot multiply."""
+    return value if value in vocabulary else "other"
 
 _HOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 #: How prometheus-client writes a bucket bound (``1.0``, ``+Inf``), so ours read the same.

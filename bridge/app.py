@@ -26,7 +26,7 @@ from bridge._config import Config, load_config
 from bridge._dashboard import LiveCall, publish_end, publish_start
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
-from bridge._metrics import Metrics
+from bridge._metrics import STATUS_CALLBACK_STATUSES, Metrics, bounded_label
 from bridge._outbound import OutboundCalls, token_subject
 from bridge._store import RENEW_EVERY_S, MemoryStore, Store, StoreUnavailable, open_store
 from bridge._tokens import CallTokens
@@ -40,6 +40,18 @@ RUNTIME_DIR_ENV = "SPEAKR_BRIDGE_RUNTIME_DIR"
 
 logger = logging.getLogger("bridge.app")
 
+
+#: Largest request body any HTTP route takes (Quart's MAX_CONTENT_LENGTH, default 16 MiB). Twilio's
+#: webhook bodies are a few KB and ``POST /calls`` takes 64 KiB; the cap is enforced before a byte is
+#: parsed: a declared Content-Length above it is refused with 413 at once, and a chunked body is cut
+#: off as soon as it passes it. (A 16 MB form took 4 s of parsing, with the event loop blocked, to be
+#: refused for its missing signature.)
+MAX_BODY_BYTES = 64 * 1024
+#: Time a request body may take to arrive in full (Quart's BODY_TIMEOUT, default 60 s), then the
+#: handler answers 408 and its task ends. Twilio sends its few KB at once. (Hypercorn keeps the TCP
+#: connection, and its file descriptor, while the client goes on trickling: the descriptor limit is
+#: what bounds those; see bridge._server.raise_fd_limit and the README.)
+BODY_TIMEOUT_S = 5
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -80,6 +92,8 @@ class BridgeState:
         self.leases: set[str] = set()  # CallSids admitted by this process and still live
         self.calls_drained = trio.Event()
         self.end_all_calls = trio.Event()
+        #: The app's lifespan nursery, where each stream's writer runs (see AsgiTwilioSocket).
+        self.nursery: trio.Nursery | None = None
 
     def use_store(self, store: Store) -> None:
         self.store = self.outbound.store = store
@@ -229,6 +243,8 @@ def create_app(config: Config | None = None) -> QuartTrio:
     for secret in (config.speakr_api_key, config.twilio_auth_token, config.bridge_api_token):
         register_secret(secret.reveal())
     app = QuartTrio("speakr-bridge")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
     state = BridgeState(config)
     app.extensions["bridge"] = state
     app.register_blueprint(state.outbound.blueprint())
@@ -242,6 +258,10 @@ def create_app(config: Config | None = None) -> QuartTrio:
     @app.before_serving
     async def start_store() -> None:
         await app.nursery.start(state.run_store)
+
+    @app.before_serving
+    async def keep_nursery() -> None:
+        state.nursery = app.nursery
 
     @app.before_serving
     async def start_local_agent() -> None:
@@ -298,8 +318,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
             state.store_failed("record", exc)
             return "call store unavailable", 503  # Twilio retries the callback
         status = form.get("StreamEvent") or form.get("CallStatus") or "unknown"
-        label = status if status.replace("-", "").isalpha() and len(status) <= 24 else "other"
-        state.metrics.status_callbacks.labels(label).inc()
+        state.metrics.status_callbacks.labels(bounded_label(status, STATUS_CALLBACK_STATUSES)).inc()
         state.metrics.webhooks.labels("status", "ok").inc()
         logger.info("[%s] status callback: %s", form.get("CallSid", "-"), status)
         return "", 204
@@ -330,15 +349,40 @@ def create_app(config: Config | None = None) -> QuartTrio:
     return app
 
 
-class AsgiTwilioSocket:
-    """The call runner's view of an accepted ASGI websocket."""
+#: Messages queued for the caller before a send waits (a 100 ms piece of agent audio is two messages;
+#: a ``continue`` may replay many at once).
+TWILIO_OUTBOX_MESSAGES = 64
+#: A caller whose socket takes nothing for this long is not reading: the call ends (``twilio_stalled``).
+TWILIO_SEND_TIMEOUT_S = 5.0
+#: After the call, how long the handler waits for the writer to deliver the queued messages and the
+#: close frame before it returns anyway.
+TWILIO_FLUSH_TIMEOUT_S = 1.0
 
-    __slots__ = ("_receive", "_send", "closed")
+
+class AsgiTwilioSocket:
+    """The call runner's view of an accepted ASGI websocket.
+
+    Theory of operation: the call never awaits Hypercorn's send itself. Hypercorn shields every
+    socket write from cancellation and has no write timeout, so a caller that stops reading would
+    hang whichever task wrote to it for ever, and with it the call, its agent session and the
+    process's shutdown. Messages therefore go through a bounded outbox to :meth:`write_out`, a task
+    that runs in the app's lifespan nursery, outside the request. A send that finds the outbox full
+    for ``TWILIO_SEND_TIMEOUT_S`` ends the call (``twilio_stalled``). Closing closes the outbox: the
+    writer sends what is queued and then the close frame. The handler waits for that at most
+    ``TWILIO_FLUSH_TIMEOUT_S`` and returns: the call's slot and agent session are free whatever the
+    caller does. A writer still stuck is freed when Hypercorn closes the connection (the peer goes
+    away, or Hypercorn's graceful timeout at shutdown).
+    """
+
+    __slots__ = ("_receive", "_send", "closed", "_close_code", "_outbox", "_outbox_out", "written")
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
         self.closed = False
+        self._close_code: int | None = None
+        self._outbox, self._outbox_out = trio.open_memory_channel[str](TWILIO_OUTBOX_MESSAGES)
+        self.written = trio.Event()
 
     async def receive(self) -> str | bytes:
         while True:
@@ -351,17 +395,47 @@ class AsgiTwilioSocket:
                 return message.get("bytes") or b""
             if kind == "websocket.disconnect":
                 self.closed = True
+                self._outbox.close()
                 raise CallEnded("twilio_disconnect")
 
     async def send(self, text: str) -> None:
         if self.closed:
             raise CallEnded("twilio_disconnect")
-        await self._send({"type": "websocket.send", "text": text})
+        try:
+            self._outbox.send_nowait(text)
+            return
+        except trio.WouldBlock:
+            pass
+        with trio.move_on_after(TWILIO_SEND_TIMEOUT_S):
+            await self._outbox.send(text)
+            return
+        raise CallEnded("twilio_stalled")
 
     async def close(self, code: int = 1000) -> None:
         if not self.closed:
             self.closed = True
-            await self._send({"type": "websocket.close", "code": code})
+            self._close_code = code
+            self._outbox.close()
+        await trio.lowlevel.checkpoint()
+
+    async def write_out(self) -> None:
+        """The writer task: the only caller of the ASGI send once the stream is accepted."""
+        try:
+            async for text in self._outbox_out:
+                await self._send({"type": "websocket.send", "text": text})
+            if self._close_code is not None:
+                await self._send({"type": "websocket.close", "code": self._close_code})
+        except Exception:
+            # The edge of a task in the app's nursery: nothing may escape it to the other calls.
+            logger.exception("twilio writer failed")
+        finally:
+            self.written.set()
+
+    async def finish(self) -> None:
+        """After the call: let the writer deliver what is queued and the close frame, bounded."""
+        self._outbox.close()
+        with trio.move_on_after(TWILIO_FLUSH_TIMEOUT_S):
+            await self.written.wait()
 
 
 async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send: Send) -> None:
@@ -389,7 +463,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         await send({"type": "websocket.close", "code": 1008})
         return
     agent_url = state.agent_url
-    if agent_url is None:  # the local agent has not started (lifespan not run)
+    if agent_url is None or state.nursery is None:  # the lifespan has not run
         await send({"type": "websocket.close", "code": 1011})
         return
     await send({"type": "websocket.accept"})
@@ -405,6 +479,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
             live.call_sid = start.call_sid
         return refusal
 
+    state.nursery.start_soon(socket.write_out)
     settings = CallSettings(
         config=state.config,
         metrics=state.metrics,
@@ -433,3 +508,4 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         state.active_calls -= 1
         if state.active_calls == 0 and state.draining:
             state.calls_drained.set()
+    await socket.finish()

@@ -70,7 +70,9 @@ def _usage_error(command: str, exc: Exception) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from bridge._serve import serve_command
+    from bridge._server import raise_fd_limit
 
+    raise_fd_limit()
     return serve_command(host=args.host, port=args.port, workers=args.workers)
 
 

@@ -7,6 +7,7 @@ when no Chromium exists and fail under CI=true (``browser_helpers.need_chromium`
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -133,9 +134,11 @@ def test_web_phone_call_through_the_twilio_stream(tmp_path: Path) -> None:
             assert API_TOKEN not in html and TWILIO_TOKEN not in html
         assert API_TOKEN not in str(context.cookies())
 
-        DOCS.mkdir(exist_ok=True)
-        phone.screenshot(path=str(DOCS / "phone.png"))
-        dashboard.screenshot(path=str(DOCS / "dashboard.png"))
+        # The README's pictures: refreshed in docs/ with UPDATE_SCREENSHOTS=1 (else kept out of the tree).
+        shots = DOCS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+        phone.screenshot(path=str(shots / "phone.png"))
+        dashboard.screenshot(path=str(shots / "dashboard.png"))
+        assert all((shots / name).stat().st_size > 10_000 for name in ("phone.png", "dashboard.png"))
 
         phone.get_by_test_id("hangup").click()
         phone.get_by_test_id("call-state").filter(has_text="ended").wait_for(timeout=10_000)

@@ -163,8 +163,8 @@ def test_mouth_to_ear_latency(tmp_path: Path) -> None:
     """Clicks in the fake microphone to the agent, and clicks from the agent to the page's playback."""
     need_chromium()
     rate = 8000
-    clicks = 10
-    period_s = 0.6
+    clicks = 25
+    period_s = 0.5
     pcm = np.zeros(int(rate * (1.0 + clicks * period_s + 3.0)))
     click = 20000 * np.sin(2 * np.pi * 1000 * np.arange(int(rate * 0.01)) / rate)
     for k in range(clicks):
@@ -242,7 +242,7 @@ def _wait_stat(page: Any, key: str, minimum: float, timeout_s: float = 10.0) -> 
 
 
 def _pair(earlier: list[float], later: list[float], within_ms: float = 400.0) -> list[float]:
-    """Match each event to the first later one within ``within_ms`` (clicks are 600 ms apart): delays, ms."""
+    """Match each event to the first later one within ``within_ms`` (clicks are 500 ms apart): delays, ms."""
     out = []
     j = 0
     for t in earlier:

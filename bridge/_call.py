@@ -162,6 +162,9 @@ class CallSettings:
     #: has played out; without it the stream is just closed (Twilio then plays the TwiML after
     #: ``</Connect>``). Must not raise for REST errors.
     hangup: Callable[[str], Awaitable[Any]] | None = None
+    #: Given the call's live ``(CallResult, PlaybackLedger)`` when the call begins, for observers that
+    #: read them at control rate (the dashboard); must not block or raise.
+    observe: Callable[[CallResult, PlaybackLedger], None] | None = None
 
 
 @dataclass(slots=True)
@@ -884,6 +887,8 @@ async def run_call(twilio: TwilioSocket, settings: CallSettings) -> CallResult:
     dropped, transport failures end the call with a reason. Returns how it went.
     """
     call = _Call(twilio, settings)
+    if settings.observe is not None:
+        settings.observe(call.result, call.ledger)
     settings.metrics.calls_total.inc()
     settings.metrics.calls_active.inc()
     try:

@@ -137,6 +137,11 @@ class Store(abc.ABC):
         """A call's base and events, or None when unknown."""
 
     @abc.abstractmethod
+    async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
+        """Set (overwrite) the base of record ``key``, kept ``ttl_s``: a small value that changes (the
+        dashboard's live view of a call). Read back with :meth:`record_get`."""
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers."""
 
@@ -156,6 +161,7 @@ class MemoryStore(Store):
         self._leases: dict[str, tuple[str, float]] = {}  # sid -> (state, expiry)
         self._tokens: dict[str, float] = {}  # subject -> expiry
         self._records: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        self._expiring: dict[str, float] = {}  # key -> expiry, for records set by record_put
 
     def _expire(self, now: float) -> None:
         for sid in [s for s, (_, exp) in self._leases.items() if exp <= now]:
@@ -223,7 +229,24 @@ class MemoryStore(Store):
 
     async def record_get(self, call_sid: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         record = self._records.get(call_sid)
-        return None if record is None else (dict(record[0]), [dict(e) for e in record[1]])
+        if record is None:
+            return None
+        expiry = self._expiring.get(call_sid)
+        if expiry is not None and expiry <= time.time():
+            del self._records[call_sid], self._expiring[call_sid]
+            return None
+        return dict(record[0]), [dict(e) for e in record[1]]
+
+    async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
+        if key not in self._records and len(self._records) >= 10_000:
+            del self._records[next(iter(self._records))]
+        self._records[key] = (dict(base), [])
+        self._expiring[key] = time.time() + ttl_s
+        if len(self._expiring) > 10_000:
+            now = time.time()
+            for gone in [k for k, exp in self._expiring.items() if exp <= now]:
+                self._records.pop(gone, None)
+                del self._expiring[gone]
 
     async def ping(self) -> None:
         return None
@@ -371,7 +394,9 @@ class SqliteStore(Store):
 
     async def record_get(self, call_sid: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         def body() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-            row = self._db.execute("SELECT base FROM records WHERE sid = ?", (call_sid,)).fetchone()
+            row = self._db.execute(
+                "SELECT base FROM records WHERE sid = ? AND expires > ?", (call_sid, time.time())
+            ).fetchone()
             if row is None:
                 return None
             events = self._db.execute("SELECT body FROM events WHERE sid = ? ORDER BY id", (call_sid,))
@@ -379,6 +404,13 @@ class SqliteStore(Store):
 
         result: tuple[dict[str, Any], list[dict[str, Any]]] | None = await self._run(body)
         return result
+
+    async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
+        def body(db: sqlite3.Connection, now: float) -> None:
+            row = (key, orjson.dumps(base), now + ttl_s)
+            db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", row)
+
+        await self._run(self._tx, body)
 
     async def ping(self) -> None:
         await self._run(self._db.execute, "SELECT 1")
@@ -534,6 +566,10 @@ class RedisStore(Store):
         if base is None:
             return None
         return orjson.loads(base), [orjson.loads(e) for e in events]
+
+    async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
+        body = orjson.dumps(base)
+        await self._do(lambda: self._r.set(REDIS_PREFIX + "rec:" + key, body, ex=max(1, int(ttl_s))))
 
     async def ping(self) -> None:
         await self._do(self._r.ping)

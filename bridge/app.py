@@ -23,6 +23,7 @@ from twilio.request_validator import RequestValidator
 from bridge import _twilio
 from bridge._call import CallSettings, run_call
 from bridge._config import Config, load_config
+from bridge._dashboard import LiveCall, publish_end, publish_start
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
 from bridge._metrics import STATUS_CALLBACK_STATUSES, Metrics, bounded_label
@@ -30,6 +31,7 @@ from bridge._outbound import OutboundCalls, token_subject
 from bridge._store import RENEW_EVERY_S, MemoryStore, Store, StoreUnavailable, open_store
 from bridge._tokens import CallTokens
 from bridge._twiml import STREAM_PATH, busy_twiml, connect_twiml, stream_url
+from bridge._web import register_web
 
 __all__ = ["create_app", "BridgeState", "STREAM_PATH", "RUNTIME_DIR_ENV"]
 
@@ -246,6 +248,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     state = BridgeState(config)
     app.extensions["bridge"] = state
     app.register_blueprint(state.outbound.blueprint())
+    register_web(app, state)
     if not config.twilio_auth_token:
         logger.warning(
             "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked and anyone who can reach "
@@ -466,11 +469,14 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
     await send({"type": "websocket.accept"})
     socket = AsgiTwilioSocket(receive, send)
     admitted: list[str] = []
+    live = LiveCall()  # the dashboard's view of this call
 
     async def authorize(start: _twilio.Start) -> str | None:
         refusal = await state.admit(start)
         if refusal is None:
             admitted.append(start.call_sid)
+            await publish_start(state.store, start.call_sid, start.custom_parameters)
+            live.call_sid = start.call_sid
         return refusal
 
     state.nursery.start_soon(socket.write_out)
@@ -481,10 +487,15 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         authorize=authorize,
         shutdown=state.end_all_calls,
         hangup=state.outbound.hangup if state.outbound.rest_configured else None,
+        observe=live.observe,
     )
     state.active_calls += 1
+    result = None
     try:
-        await run_call(socket, settings)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(live.publish, lambda: state.store)
+            result = await run_call(socket, settings)
+            nursery.cancel_scope.cancel()
     except Exception:
         # The call's edge: a bug in one call must not reach Hypercorn or other calls.
         state.metrics.calls_ended.labels("internal_error").inc()
@@ -492,6 +503,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         await socket.close(1011)
     finally:
         for call_sid in admitted:
+            await publish_end(state.store, call_sid, result)  # the dashboard's record, before the lease goes
             await state.release(call_sid)
         state.active_calls -= 1
         if state.active_calls == 0 and state.draining:

@@ -169,6 +169,9 @@ class CallSettings:
     #: the caller's audio and the confirmed-played agent audio for the recording (``_records.py``). Its
     #: ``stop`` event ends the call from outside (hang-up through the API).
     observer: CallObserver | None = None
+    #: Given the call's live ``(CallResult, PlaybackLedger)`` when the call begins, for observers that
+    #: read them at control rate (the dashboard); must not block or raise.
+    observe: Callable[[CallResult, PlaybackLedger], None] | None = None
 
 
 @dataclass(slots=True)
@@ -917,6 +920,8 @@ async def run_call(twilio: TwilioSocket, settings: CallSettings) -> CallResult:
     dropped, transport failures end the call with a reason. Returns how it went.
     """
     call = _Call(twilio, settings)
+    if settings.observe is not None:
+        settings.observe(call.result, call.ledger)
     settings.metrics.calls_total.inc()
     settings.metrics.calls_active.inc()
     try:

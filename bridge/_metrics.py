@@ -175,6 +175,10 @@ class Metrics:
         self.webhooks = Counter(
             "bridge_webhooks", "Twilio HTTP requests, by route and outcome", ["route", "outcome"], registry=r
         )
+        self.web = Counter(
+            "bridge_web_requests", "Browser-page requests (sign-in, pages), by route and outcome",
+            ["route", "outcome"], registry=r,
+        )
         self.status_callbacks = Counter(
             "bridge_status_callbacks", "Twilio status callbacks, by status", ["status"], registry=r
         )
@@ -184,6 +188,10 @@ class Metrics:
             Histogram(hop_name, hop_doc, ["direction"], buckets=_HOP_BUCKETS, registry=r)
             if _multiprocess()
             else HopHistogram(hop_name, hop_doc, buckets=_HOP_BUCKETS, registry=r)
+        )
+        self.dashboard_poll = Histogram(
+            "bridge_dashboard_poll_seconds", "One read of the store for the dashboard (while watched)",
+            buckets=_READY_BUCKETS, registry=r,
         )
         self.agent_ready = Histogram(
             "bridge_agent_ready_seconds", "Twilio start to Speakr ready", buckets=_READY_BUCKETS, registry=r

@@ -38,6 +38,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -76,6 +77,11 @@ STORE_TIMEOUT_S: Final = 1.0
 RECORD_TTL_S: Final = 24 * 3600.0
 #: At most this many status events are kept per call (Twilio sends about six).
 RECORD_MAX_EVENTS: Final = 64
+#: The memory store holds at most this many records of any kind.
+MEMORY_MAX_RECORDS: Final = 100_000
+#: Only call records (keyed by a CallSid) are in the index behind ``record_recent`` and its count bound;
+#: other records (the dashboard's) are not.
+_INDEXED: Final = re.compile(r"CA[0-9a-fA-F]{32}")
 #: Key prefix in Redis, so that one Redis can be shared with other software.
 REDIS_PREFIX: Final = "speakr-bridge:"
 
@@ -146,6 +152,11 @@ class Store(abc.ABC):
         """Up to ``limit`` records, newest first, created strictly before ``before``: (CallSid, created)."""
 
     @abc.abstractmethod
+    async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
+        """Set (overwrite) the base of record ``key``, kept ``ttl_s``: a small value that changes (the
+        dashboard's live view of a call). Read back with :meth:`record_get`."""
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers."""
 
@@ -166,6 +177,7 @@ class MemoryStore(Store):
         self._tokens: dict[str, float] = {}  # subject -> expiry
         self._records: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         self._record_times: dict[str, tuple[float, float]] = {}  # sid -> (created, expires)
+        self._expiring: dict[str, float] = {}  # key -> expiry, for records set by record_put
 
     def _expire(self, now: float) -> None:
         for sid in [s for s, (_, exp) in self._leases.items() if exp <= now]:
@@ -229,19 +241,26 @@ class MemoryStore(Store):
         self._expire_records(now)
         if call_sid in self._records:
             return False
-        while len(self._records) >= self.record_max:  # oldest first out: dicts keep insertion order
-            oldest = next(iter(self._records))
-            del self._records[oldest]
-            self._record_times.pop(oldest, None)
+        indexed = _INDEXED.fullmatch(call_sid) is not None
+        # Call records: the oldest goes first past the count (dicts keep insertion order).
+        while indexed and len(self._record_times) >= self.record_max:
+            oldest = next(iter(self._record_times))
+            del self._record_times[oldest]
+            self._records.pop(oldest, None)
+        if len(self._records) >= MEMORY_MAX_RECORDS:  # everything else: a plain memory bound
+            del self._records[next(iter(self._records))]
         self._records[call_sid] = (dict(base), [])
-        self._record_times[call_sid] = (float(base.get("created_at", now)), now + self.record_ttl_s)
+        if indexed:
+            self._record_times[call_sid] = (float(base.get("created_at", now)), now + self.record_ttl_s)
         return True
 
     async def record_event(self, call_sid: str, event: dict[str, Any]) -> None:
         record = self._records.get(call_sid)
         if record is not None and len(record[1]) < RECORD_MAX_EVENTS:
             record[1].append(dict(event))
-            self._record_times[call_sid] = (self._record_times[call_sid][0], time.time() + self.record_ttl_s)
+            if call_sid in self._record_times:
+                created = self._record_times[call_sid][0]
+                self._record_times[call_sid] = (created, time.time() + self.record_ttl_s)
 
     async def record_recent(self, *, limit: int, before: float | None = None) -> list[tuple[str, float]]:
         self._expire_records(time.time())
@@ -254,7 +273,24 @@ class MemoryStore(Store):
 
     async def record_get(self, call_sid: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         record = self._records.get(call_sid)
-        return None if record is None else (dict(record[0]), [dict(e) for e in record[1]])
+        if record is None:
+            return None
+        expiry = self._expiring.get(call_sid)
+        if expiry is not None and expiry <= time.time():
+            del self._records[call_sid], self._expiring[call_sid]
+            return None
+        return dict(record[0]), [dict(e) for e in record[1]]
+
+    async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
+        if key not in self._records and len(self._records) >= 10_000:
+            del self._records[next(iter(self._records))]
+        self._records[key] = (dict(base), [])
+        self._expiring[key] = time.time() + ttl_s
+        if len(self._expiring) > 10_000:
+            now = time.time()
+            for gone in [k for k, exp in self._expiring.items() if exp <= now]:
+                self._records.pop(gone, None)
+                del self._expiring[gone]
 
     async def ping(self) -> None:
         return None
@@ -396,6 +432,8 @@ class SqliteStore(Store):
             )
             if cur.rowcount != 1:
                 return False
+            if not _INDEXED.fullmatch(call_sid):
+                return True
             db.execute(
                 "INSERT OR REPLACE INTO record_index VALUES (?, ?)",
                 (call_sid, float(base.get("created_at", now))),
@@ -421,7 +459,9 @@ class SqliteStore(Store):
 
     async def record_get(self, call_sid: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         def body() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-            row = self._db.execute("SELECT base FROM records WHERE sid = ?", (call_sid,)).fetchone()
+            row = self._db.execute(
+                "SELECT base FROM records WHERE sid = ? AND expires > ?", (call_sid, time.time())
+            ).fetchone()
             if row is None:
                 return None
             events = self._db.execute("SELECT body FROM events WHERE sid = ? ORDER BY id", (call_sid,))
@@ -441,6 +481,13 @@ class SqliteStore(Store):
 
         result: list[tuple[str, float]] = await self._run(body)
         return result
+
+    async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
+        def body(db: sqlite3.Connection, now: float) -> None:
+            row = (key, orjson.dumps(base), now + ttl_s)
+            db.execute("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", row)
+
+        await self._run(self._tx, body)
 
     async def ping(self) -> None:
         await self._run(self._db.execute, "SELECT 1")
@@ -501,6 +548,7 @@ _LUA_CREATE = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[7] ~= '1' then return 1 end
 redis.call('ZADD', KEYS[2], ARGV[3], string.sub(KEYS[1], string.len(ARGV[5]) + 1))
 local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
 if extra > 0 then
@@ -609,7 +657,7 @@ class RedisStore(Store):
         created_ms = int(float(base.get("created_at", time.time())) * 1000)
         args = [
             orjson.dumps(base), int(self.record_ttl_s), created_ms, self.record_max,
-            REDIS_PREFIX + "rec:", REDIS_PREFIX + "ev:",
+            REDIS_PREFIX + "rec:", REDIS_PREFIX + "ev:", "1" if _INDEXED.fullmatch(call_sid) else "0",
         ]
         result = await self._do(lambda: self._create(keys=[key, self._index], args=args))
         return bool(int(result))
@@ -636,6 +684,10 @@ class RedisStore(Store):
         if base is None:
             return None
         return orjson.loads(base), [orjson.loads(e) for e in events]
+
+    async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
+        body = orjson.dumps(base)
+        await self._do(lambda: self._r.set(REDIS_PREFIX + "rec:" + key, body, ex=max(1, int(ttl_s))))
 
     async def ping(self) -> None:
         await self._do(self._r.ping)

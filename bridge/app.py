@@ -27,6 +27,7 @@ from bridge._amd import handle_amd_callback, watch_store
 from bridge._call import CallSettings, run_call
 from bridge._calls_api import calls_blueprint
 from bridge._config import Config, load_config
+from bridge._dashboard import LiveCall, publish_end, publish_start
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
 from bridge._metrics import STATUS_CALLBACK_STATUSES, Metrics, bounded_label
@@ -36,6 +37,7 @@ from bridge._records import CALL_SID, CallRecords
 from bridge._store import RENEW_EVERY_S, MemoryStore, Store, StoreUnavailable, open_store
 from bridge._tokens import CallTokens
 from bridge._twiml import STREAM_PATH, busy_twiml, connect_twiml, stream_url
+from bridge._web import register_web
 
 __all__ = ["create_app", "BridgeState", "STREAM_PATH", "RUNTIME_DIR_ENV"]
 
@@ -294,6 +296,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     app.extensions["bridge"] = state
     app.register_blueprint(state.outbound.blueprint())
     app.register_blueprint(calls_blueprint(state.outbound, state.records))
+    register_web(app, state)
     if not config.twilio_auth_token:
         logger.warning(
             "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked and anyone who can reach "
@@ -534,12 +537,15 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
     socket = AsgiTwilioSocket(receive, send)
     admitted: list[str] = []
     observer = state.records.observer()
+    live = LiveCall()  # the dashboard's view of this call
 
     async def authorize(start: _twilio.Start) -> str | None:
         refusal = await state.admit(start)
         if refusal is None:
             admitted.append(start.call_sid)
             await state.records.begin(start, observer)
+            await publish_start(state.store, start.call_sid, start.custom_parameters)
+            live.call_sid = start.call_sid
         return refusal
 
     state.nursery.start_soon(socket.write_out)
@@ -551,10 +557,15 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         shutdown=state.end_all_calls,
         hangup=state.outbound.hangup if state.outbound.rest_configured else None,
         observer=observer,
+        observe=live.observe,
     )
     state.active_calls += 1
+    result = None
     try:
-        await run_call(socket, settings)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(live.publish, lambda: state.store)
+            result = await run_call(socket, settings)
+            nursery.cancel_scope.cancel()
     except Exception:
         # The call's edge: a bug in one call must not reach Hypercorn or other calls.
         state.metrics.calls_ended.labels("internal_error").inc()
@@ -564,6 +575,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         observer.close_recording()  # already closed on every normal path; this covers a crash
         await state.records.finish(observer)
         for call_sid in admitted:
+            await publish_end(state.store, call_sid, result)  # the dashboard's record, before the lease goes
             await state.release(call_sid)
         state.active_calls -= 1
         if state.active_calls == 0 and state.draining:

@@ -41,7 +41,7 @@ import math
 import select
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 import trio_websocket
@@ -54,6 +54,9 @@ from bridge._ledger import PlaybackLedger, SegmentPlayed, SendClear, SendMark, S
 from bridge._logging import LogThrottle
 from bridge._metrics import AGENT_INFO_KINDS, CallCounters, Metrics, bounded_label
 from bridge._uplink import UplinkFramer
+
+if TYPE_CHECKING:
+    from bridge._records import CallObserver
 
 __all__ = ["TwilioSocket", "CallResult", "CallSettings", "run_call"]
 
@@ -162,6 +165,10 @@ class CallSettings:
     #: has played out; without it the stream is just closed (Twilio then plays the TwiML after
     #: ``</Connect>``). Must not raise for REST errors.
     hangup: Callable[[str], Awaitable[Any]] | None = None
+    #: Told what happens in the call (start, barge-ins, DTMF, transcript, the end) at control rate, and fed
+    #: the caller's audio and the confirmed-played agent audio for the recording (``_records.py``). Its
+    #: ``stop`` event ends the call from outside (hang-up through the API).
+    observer: CallObserver | None = None
     #: Given the call's live ``(CallResult, PlaybackLedger)`` when the call begins, for observers that
     #: read them at control rate (the dashboard); must not block or raise.
     observe: Callable[[CallResult, PlaybackLedger], None] | None = None
@@ -311,6 +318,7 @@ class _Call:
         framer = self.framer
         counters = self.counters
         put = self.put_frame
+        observer = self.settings.observer
         try:
             with trio.move_on_after(self.config.stream_start_timeout_s) as start_scope:
                 while self.start is None:
@@ -319,11 +327,15 @@ class _Call:
                 self.metrics.calls_rejected.labels("no_start").inc()
                 self.abort("twilio_no_start")
                 return
+            # Known once start is accepted: the recording is opened there (per frame only when recording).
+            record_audio = None if observer is None or observer.recording is None else observer.caller_audio
             while True:
                 event = parse(await self.twilio.receive())
                 if type(event) is _twilio.Media:
                     # The hot path, inline: decode, re-frame, queue.
                     now = self.last_media = trio.current_time()
+                    if record_audio is not None:
+                        record_audio(event.payload)
                     if event.timestamp_ms is not None and self.is_stale(now, event.timestamp_ms):
                         continue
                     pcm = decode(event.payload)
@@ -402,6 +414,9 @@ class _Call:
         for warning in warnings:
             self.log.warning("custom parameter ignored: %s", warning)
         self.t_start = self.last_media = trio.current_time()
+        if self.settings.observer is not None:
+            self.settings.observer.started(event)
+            self.ledger.on_played = self.settings.observer.heard
         self.log.info("stream started (%s)", ", ".join(sorted(event.custom_parameters)) or "no parameters")
         self.started.set()
 
@@ -415,6 +430,8 @@ class _Call:
         elif isinstance(event, _twilio.Dtmf):
             self.metrics.dtmf.inc()
             self.log_event(logging.INFO, "dtmf", "dtmf %s", event.digit)
+            if self.settings.observer is not None:
+                self.settings.observer.dtmf_digit(event.digit)
         elif isinstance(event, _twilio.Start):
             self.count_error("twilio", "second_start", "a second start was ignored")
         else:  # Connected again
@@ -523,7 +540,7 @@ class _Call:
 
     async def speakr_sender(self) -> None:
         """Send ``start`` when both sides are there, then drain the uplink in order."""
-        if not await self.until_ended(self.started.wait, self.initial.wait):
+        if not await self.until_ended(self.started.wait, self.initial.wait, self.agent_allowed):
             if self.speakr is not None:
                 await self.speakr.aclose(1000)
             return
@@ -722,6 +739,8 @@ class _Call:
         name = {_speakr.Pause: "pause", _speakr.Continue: "continue", _speakr.Clear: "clear"}[type(event)]
         self.metrics.barge_in.labels(name).inc()
         self.result.barge_in[name] = self.result.barge_in.get(name, 0) + 1
+        if self.settings.observer is not None:
+            self.settings.observer.barge_in(name)
         if self.start is None:
             return
         now = trio.current_time()
@@ -789,7 +808,9 @@ class _Call:
         async with trio.open_nursery() as nursery:
             if self.settings.shutdown is not None:
                 nursery.start_soon(self.shutdown_watch, self.settings.shutdown)
-            if not await self.until_ended(self.started.wait):
+            if self.settings.observer is not None:
+                nursery.start_soon(self.stop_watch, self.settings.observer.stop)
+            if not await self.until_ended(self.started.wait, self.agent_allowed):
                 nursery.cancel_scope.cancel()
                 return
             nursery.start_soon(self.idle_watch)
@@ -823,6 +844,16 @@ class _Call:
         self.log.warning("server shutting down: ending the call")
         await self.give_up("server_shutdown")
 
+    async def agent_allowed(self) -> None:
+        """Until the agent may start (a call held for its answering-machine result waits here)."""
+        if self.settings.observer is not None:
+            await self.settings.observer.agent_gate.wait()
+
+    async def stop_watch(self, stop: trio.Event) -> None:
+        await stop.wait()
+        self.log.info("hang-up requested through the API")
+        await self.give_up("hung_up_by_api")
+
     # --- the runner -------------------------------------------------------------------
 
     async def run(self) -> CallResult:
@@ -848,6 +879,8 @@ class _Call:
             marks.labels("unknown").inc(stats.unknown_marks)
             if stats.overflow_bytes:
                 self.metrics.dropped.labels("paused_overflow").inc()
+            if self.settings.observer is not None:
+                self.settings.observer.ended(self.result)
         return self.result
 
     def count_unsent(self) -> None:

@@ -93,6 +93,15 @@ class Config:
     bridge_token_ttl_s: float = 300.0
     #: Redis/Valkey shared by a fleet (may carry a password: a Secret). Unset: the embedded store.
     redis_url: Secret = field(default_factory=lambda: Secret(""))
+    #: Where each call's stereo recording is written; None: no recordings.
+    recordings_dir: str | None = None
+    #: Recordings older than this are deleted (checked at start and hourly); 0 keeps them for ever.
+    recordings_max_age_days: float = 30.0
+    #: After each call its record is POSTed here, signed with BRIDGE_API_TOKEN.
+    call_webhook_url: str | None = None
+    #: Call records kept in the store: at most this many, each for at most this long after its last change.
+    call_records_max: int = 10_000
+    call_records_max_age_s: float = 24 * 3600.0
 
     def agent_url(self) -> str | None:
         """The Speakr URL with ``api_key`` added to its query. Contains the key: never log it."""
@@ -149,6 +158,13 @@ def _http_url(var: str, raw: str) -> str:
     if parts.query or parts.fragment:
         raise ConfigError(var, f"{var} must not carry a query or fragment, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _webhook_url(var: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(var, f"{var} must be an http(s):// URL with a host, got {raw!r}")
+    return raw
 
 
 def _redis_url(var: str, raw: str) -> Secret:
@@ -224,6 +240,11 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "MAX_CONCURRENT_CALLS": ("max_concurrent_calls", _int_in(1, 100_000)),
     "LOG_FORMAT": ("log_format", _log_format),
     "REDIS_URL": ("redis_url", _redis_url),
+    "RECORDINGS_DIR": ("recordings_dir", _str),
+    "RECORDINGS_MAX_AGE_DAYS": ("recordings_max_age_days", _float_in(0.0, 36500.0)),
+    "CALL_WEBHOOK_URL": ("call_webhook_url", _webhook_url),
+    "CALL_RECORDS_MAX": ("call_records_max", _int_in(1, 10_000_000)),
+    "CALL_RECORDS_MAX_AGE_S": ("call_records_max_age_s", _float_in(60.0, 366 * 86400.0)),
     # Operational tuning; defaults suit a real phone line.
     "BRIDGE_AGENT_CONNECT_TIMEOUT_S": ("agent_connect_timeout_s", _float_in(0.1, 120.0)),
     "BRIDGE_AGENT_READY_TIMEOUT_S": ("agent_ready_timeout_s", _float_in(0.1, 120.0)),

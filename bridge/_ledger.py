@@ -93,7 +93,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from typing import Final, TypeAlias
 
@@ -284,6 +284,7 @@ class PlaybackLedger:
         "_serial",
         "_state",
         "_stats",
+        "on_played",
     )
 
     def __init__(
@@ -325,6 +326,9 @@ class PlaybackLedger:
         self._last_played_at = -math.inf  # when the latest mark of this epoch came back "played"
         self._delay_s = 0.0  # measured playout delay (see the module docstring)
         self._stats = LedgerStats(bytes_per_second=bytes_per_second)
+        #: Called with each piece's audio when its mark confirms it played (in its own epoch), in play
+        #: order: the one place that knows exactly what the listener heard (e.g. a call recording).
+        self.on_played: Callable[[bytes], None] | None = None
 
     # ------------------------------------------------------------------ properties and queries
 
@@ -471,6 +475,8 @@ class PlaybackLedger:
         stats.played_bytes += size
         piece.played = True
         self._live_bytes -= size
+        if size and self.on_played is not None:
+            self.on_played(piece.payload)
         if size and self._last_played_at <= piece.sent_at:
             # It was sent into a dry buffer: what it waited beyond its own duration is the playout delay.
             self._delay_s = max(0.0, now - piece.sent_at - size / self._bytes_per_second)

@@ -98,6 +98,7 @@ OUTBOUND_SETUP_ALLOWANCE_S: Final = 600.0
 HANGUP_TIMEOUT_S: Final = 5.0
 NONCE_PARAMETER: Final = "bridge_nonce"
 STATUS_CALLBACK_PATH: Final = "/twilio/status"
+AMD_CALLBACK_PATH: Final = "/twilio/amd"
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
@@ -105,7 +106,13 @@ _NONCE = re.compile(r"[0-9a-f]{32}")
 # Characters XML 1.0 cannot carry at all: a prompt holding one would make Twilio reject the TwiML.
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _NUMERIC_FIELDS: Final = frozenset({"temperature", "threshold", "silenceDuration", "prefixPadding"})
-REQUEST_FIELDS: Final = ("to", "from", *WIRE_FIELDS, "metadata")
+REQUEST_FIELDS: Final = ("to", "from", *WIRE_FIELDS, "metadata", "machine_detection", "voicemail_message")
+#: ``machine_detection`` values: what to do when a machine answers (see ``_amd.py``).
+AMD_ACTIONS: Final = ("hangup", "voicemail")
+#: A voicemail message is spoken by Twilio's <Say>: keep it to a minute or so of speech.
+VOICEMAIL_MAX_CHARS: Final = 1000
+#: Stream parameter that tells the call runner to hold the agent until the AMD result.
+AMD_PARAMETER: Final = "bridge_amd"
 _TERMINAL: Final = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
 _RANK: Final = {"queued": 0, "initiated": 1, "ringing": 2, "in-progress": 3, **{s: 4 for s in _TERMINAL}}
 _MAX_FORM_TEXT: Final = 64
@@ -138,6 +145,9 @@ class CallRequest:
     from_: str | None = None
     settings: Mapping[str, float | int | str] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: Answering-machine detection: None (off), "hangup" or "voicemail" (say ``voicemail_message``).
+    machine_detection: str | None = None
+    voicemail_message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +158,8 @@ class PreparedCall:
     from_: str
     twiml: str = field(repr=False)
     status_callback: str
+    #: Extra Calls-resource fields (answering-machine detection).
+    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -209,7 +221,28 @@ def parse_call_request(body: object) -> CallRequest:
     to = _phone("to", body["to"])
     from_ = None if body.get("from") is None else _phone("from", body["from"])
     settings = {wire: _setting(wire, body[wire], json_types=True) for wire in WIRE_FIELDS if wire in body}
-    return CallRequest(to, from_, settings, _metadata(body.get("metadata")))
+    amd = body.get("machine_detection")
+    if amd is not None and amd not in AMD_ACTIONS:
+        choices = ", ".join(AMD_ACTIONS)
+        raise CallRequestError(
+            "machine_detection", f"machine_detection must be one of {choices}, got {short_repr(amd)}"
+        )
+    message = body.get("voicemail_message")
+    if message is not None:
+        if type(message) is not str or not message.strip() or len(message) > VOICEMAIL_MAX_CHARS:
+            raise CallRequestError(
+                "voicemail_message",
+                f"voicemail_message must be text of 1 to {VOICEMAIL_MAX_CHARS} characters",
+            )
+        if _XML_ILLEGAL.search(message):
+            raise CallRequestError("voicemail_message", "voicemail_message contains control characters")
+    if amd == "voicemail" and message is None:
+        raise CallRequestError("voicemail_message", "machine_detection voicemail needs a voicemail_message")
+    if message is not None and amd != "voicemail":
+        raise CallRequestError(
+            "voicemail_message", 'voicemail_message needs "machine_detection": "voicemail"'
+        )
+    return CallRequest(to, from_, settings, _metadata(body.get("metadata")), amd, message)
 
 
 def call_request_from_params(number: str, params: Sequence[str]) -> CallRequest:
@@ -298,6 +331,17 @@ def prepare_call(config: Config, call: CallRequest, *, nonce: str | None = None)
     )
     parameters = {wire: _parameter_text(value) for wire, value in call.settings.items()}
     parameters[NONCE_PARAMETER] = nonce
+    extra: dict[str, str] = {}
+    if call.machine_detection is not None:
+        parameters[AMD_PARAMETER] = "1"
+        # Twilio's asynchronous AMD: the call connects to the stream at once, the result is posted later.
+        # DetectMessageEnd waits for the greeting's end (the beep) so that a message lands after it.
+        extra = {
+            "MachineDetection": "DetectMessageEnd" if call.machine_detection == "voicemail" else "Enable",
+            "AsyncAmd": "true",
+            "AsyncAmdStatusCallback": config.public_url + AMD_CALLBACK_PATH,
+            "AsyncAmdStatusCallbackMethod": "POST",
+        }
     parameters[CallTokens.PARAMETER] = tokens.issue(_outbound_subject(nonce))
     twiml = connect_twiml(stream_url(config.public_url), parameters)
     if len(twiml) > TWIML_MAX_CHARS:
@@ -309,7 +353,7 @@ def prepare_call(config: Config, call: CallRequest, *, nonce: str | None = None)
             f"{TWIML_MAX_CHARS}: "
             f"shorten system_prompt by at least {over} characters (XML escapes such as &quot; count)",
         )
-    return PreparedCall(call.to, from_, twiml, config.public_url + STATUS_CALLBACK_PATH)
+    return PreparedCall(call.to, from_, twiml, config.public_url + STATUS_CALLBACK_PATH, extra)
 
 
 # --- the registry ---------------------------------------------------------------------------------------
@@ -346,6 +390,13 @@ class _TrackedCall:
     seen: set[tuple[str, str | None]] = field(default_factory=set)
     call_duration_s: int | None = None
     hangup: dict[str, Any] | None = None
+    direction: str = "outbound"
+    #: What the call runner observed (``_records.py``), once its stream has ended.
+    call: dict[str, Any] | None = None
+    transfer: dict[str, Any] | None = None
+    answered_by: dict[str, Any] | None = None
+    #: Answering-machine detection asked for: {"on_machine", "voicemail_message"} (set once, in the base).
+    amd: dict[str, Any] | None = None
 
     def add_event(self, status: str, at: float, timestamp: str | None, sequence: str | None) -> bool:
         """Record one status; False for a duplicate (Twilio retries) or past the history bound."""
@@ -383,6 +434,7 @@ class _TrackedCall:
         return {
             "sid": self.sid, "to": self.to, "from": self.from_, "created_at": self.created_at,
             "source": self.source, "settings": dict(self.settings), "metadata": dict(self.metadata),
+            "direction": self.direction, "amd": self.amd,
         }
 
     @classmethod
@@ -393,14 +445,26 @@ class _TrackedCall:
             str(base["source"]),
             dict(base.get("settings") or {}), dict(base.get("metadata") or {}),
         )
+        tracked.direction = str(base.get("direction") or "outbound")
+        tracked.amd = base.get("amd")
         for event in events:
             tracked.apply(event)
         return tracked
 
     def apply(self, event: dict[str, Any]) -> bool:
         """Apply one stored event; True when it changed the record."""
-        if event.get("kind") == "hangup":
+        kind = event.get("kind")
+        if kind == "hangup":
             self.hangup = event.get("hangup")
+            return True
+        if kind == "call":
+            self.call = event
+            return True
+        if kind == "transfer":
+            self.transfer = event.get("transfer")
+            return True
+        if kind == "amd":
+            self.answered_by = event.get("amd")
             return True
         status = event.get("status")
         if status not in _RANK:
@@ -426,6 +490,39 @@ class _TrackedCall:
             "history": list(self.history),
             "durations": self.durations(),
             "hangup": self.hangup,
+            **self.call_view(),
+        }
+
+    def call_view(self) -> dict[str, Any]:
+        """What the call runner observed (empty fields until the stream has ended)."""
+        call = self.call or {}
+        reason = call.get("end_reason")
+        if self.transfer is not None and self.transfer.get("outcome") == "transferred":
+            reason = "transferred"
+        elif self.hangup is not None and self.hangup.get("by") == "api" and reason is not None:
+            reason = "hung_up_by_api"
+        return {
+            "direction": self.direction,
+            "agent": call.get("agent", self.settings.get("agent")),
+            "live": self.call is None and self.status not in _TERMINAL,
+            "started_at": call.get("started_at"),
+            "ended_at": call.get("ended_at"),
+            "duration_s": call.get("duration_s"),
+            "end_reason": reason,
+            "barge_ins": call.get("barge_ins", {}),
+            "played_ms": call.get("played_ms"),
+            "cleared_ms": call.get("cleared_ms"),
+            "agent_ready_ms": call.get("agent_ready_ms"),
+            "agent_held_ms": call.get("agent_held_ms"),
+            "latency_ms": call.get("latency_ms", []),
+            "transcript": call.get("transcript", []),
+            "dtmf": "".join(d.get("digit", "") for d in call.get("dtmf", [])),
+            "dtmf_events": call.get("dtmf", []),
+            "outcome": call.get("outcome"),
+            "machine_detection": self.amd,
+            "answered_by": self.answered_by,
+            "transfer": self.transfer,
+            "recording": call.get("recording"),
         }
 
 
@@ -504,11 +601,14 @@ class OutboundCalls:
             twiml=prepared.twiml,
             status_callback=prepared.status_callback,
             status_callback_events=STATUS_CALLBACK_EVENTS,
+            extra=prepared.extra,
         )
         now = time.time()
         tracked = _TrackedCall(
             info.sid, prepared.to, prepared.from_, now, "api", dict(call.settings), dict(call.metadata)
         )
+        if call.machine_detection is not None:
+            tracked.amd = {"on_machine": call.machine_detection, "voicemail_message": call.voicemail_message}
         first = {"status": info.status if info.status in _RANK else "queued", "at": now}
         tracked.apply(first)
         self._remember(tracked)

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -75,6 +77,11 @@ STORE_TIMEOUT_S: Final = 1.0
 RECORD_TTL_S: Final = 24 * 3600.0
 #: At most this many status events are kept per call (Twilio sends about six).
 RECORD_MAX_EVENTS: Final = 64
+#: The memory store holds at most this many records of any kind.
+MEMORY_MAX_RECORDS: Final = 100_000
+#: Only call records (keyed by a CallSid) are in the index behind ``record_recent`` and its count bound;
+#: other records (the dashboard's) are not.
+_INDEXED: Final = re.compile(r"CA[0-9a-fA-F]{32}")
 #: Key prefix in Redis, so that one Redis can be shared with other software.
 REDIS_PREFIX: Final = "speakr-bridge:"
 
@@ -87,6 +94,10 @@ class Store(abc.ABC):
     """The shared-state interface. Every method raises :class:`StoreUnavailable` on failure."""
 
     kind: str = "?"
+    #: Record bounds (CALL_RECORDS_MAX, CALL_RECORDS_MAX_AGE_S): the oldest goes first past the count, and
+    #: a record is forgotten this long after its last change.
+    record_max: int = 10_000
+    record_ttl_s: float = RECORD_TTL_S
 
     @abc.abstractmethod
     async def reserve(self, call_sid: str, *, limit: int, ttl_s: float = RESERVATION_TTL_S) -> bool:
@@ -137,6 +148,10 @@ class Store(abc.ABC):
         """A call's base and events, or None when unknown."""
 
     @abc.abstractmethod
+    async def record_recent(self, *, limit: int, before: float | None = None) -> list[tuple[str, float]]:
+        """Up to ``limit`` records, newest first, created strictly before ``before``: (CallSid, created)."""
+
+    @abc.abstractmethod
     async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
         """Set (overwrite) the base of record ``key``, kept ``ttl_s``: a small value that changes (the
         dashboard's live view of a call). Read back with :meth:`record_get`."""
@@ -161,6 +176,7 @@ class MemoryStore(Store):
         self._leases: dict[str, tuple[str, float]] = {}  # sid -> (state, expiry)
         self._tokens: dict[str, float] = {}  # subject -> expiry
         self._records: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        self._record_times: dict[str, tuple[float, float]] = {}  # sid -> (created, expires)
         self._expiring: dict[str, float] = {}  # key -> expiry, for records set by record_put
 
     def _expire(self, now: float) -> None:
@@ -214,18 +230,46 @@ class MemoryStore(Store):
         self._expire(time.time())
         return {sid: state for sid, (state, _) in self._leases.items()}
 
+    def _expire_records(self, now: float) -> None:
+        old = [sid for sid, (_, expires) in self._record_times.items() if expires <= now]
+        for sid in old:
+            self._records.pop(sid, None)
+            self._record_times.pop(sid, None)
+
     async def record_create(self, call_sid: str, base: dict[str, Any]) -> bool:
+        now = time.time()
+        self._expire_records(now)
         if call_sid in self._records:
             return False
-        if len(self._records) >= 10_000:  # oldest first out: dicts keep insertion order
+        indexed = _INDEXED.fullmatch(call_sid) is not None
+        # Call records: the oldest goes first past the count (dicts keep insertion order).
+        while indexed and len(self._record_times) >= self.record_max:
+            oldest = next(iter(self._record_times))
+            del self._record_times[oldest]
+            self._records.pop(oldest, None)
+        if len(self._records) >= MEMORY_MAX_RECORDS:  # everything else: a plain memory bound
             del self._records[next(iter(self._records))]
         self._records[call_sid] = (dict(base), [])
+        if indexed:
+            self._record_times[call_sid] = (float(base.get("created_at", now)), now + self.record_ttl_s)
         return True
 
     async def record_event(self, call_sid: str, event: dict[str, Any]) -> None:
         record = self._records.get(call_sid)
         if record is not None and len(record[1]) < RECORD_MAX_EVENTS:
             record[1].append(dict(event))
+            if call_sid in self._record_times:
+                created = self._record_times[call_sid][0]
+                self._record_times[call_sid] = (created, time.time() + self.record_ttl_s)
+
+    async def record_recent(self, *, limit: int, before: float | None = None) -> list[tuple[str, float]]:
+        self._expire_records(time.time())
+        items = sorted(
+            ((sid, created) for sid, (created, _) in self._record_times.items()
+             if before is None or created < before),
+            key=lambda item: item[1], reverse=True,
+        )
+        return items[:limit]
 
     async def record_get(self, call_sid: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         record = self._records.get(call_sid)
@@ -262,6 +306,8 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sid TEXT NOT NULL, body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_sid ON events (sid);
+CREATE TABLE IF NOT EXISTS record_index (sid TEXT PRIMARY KEY, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS record_index_created ON record_index (created);
 """
 #: How long a transaction waits for another worker's lock before the store counts as unavailable.
 _SQLITE_BUSY_TIMEOUT_MS: Final = int(STORE_TIMEOUT_S * 1000)
@@ -373,22 +419,41 @@ class SqliteStore(Store):
         return dict(await self._run(body))
 
     async def record_create(self, call_sid: str, base: dict[str, Any]) -> bool:
+        ttl, most = self.record_ttl_s, self.record_max
+
         def body(db: sqlite3.Connection, now: float) -> bool:
+            gone = "SELECT sid FROM records WHERE expires <= ?"
+            db.execute(f"DELETE FROM events WHERE sid IN ({gone})", (now,))
+            db.execute(f"DELETE FROM record_index WHERE sid IN ({gone})", (now,))
             db.execute("DELETE FROM records WHERE expires <= ?", (now,))
             cur = db.execute(
                 "INSERT OR IGNORE INTO records VALUES (?, ?, ?)",
-                (call_sid, orjson.dumps(base), now + RECORD_TTL_S),
+                (call_sid, orjson.dumps(base), now + ttl),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            if not _INDEXED.fullmatch(call_sid):
+                return True
+            db.execute(
+                "INSERT OR REPLACE INTO record_index VALUES (?, ?)",
+                (call_sid, float(base.get("created_at", now))),
+            )
+            extra = "SELECT sid FROM record_index ORDER BY created DESC LIMIT -1 OFFSET ?"
+            for table in ("events", "records"):
+                db.execute(f"DELETE FROM {table} WHERE sid IN ({extra})", (most,))
+            db.execute(f"DELETE FROM record_index WHERE sid IN ({extra})", (most,))
+            return True
 
         return bool(await self._run(self._tx, body))
 
     async def record_event(self, call_sid: str, event: dict[str, Any]) -> None:
+        ttl = self.record_ttl_s
+
         def body(db: sqlite3.Connection, now: float) -> None:
             (count,) = db.execute("SELECT COUNT(*) FROM events WHERE sid = ?", (call_sid,)).fetchone()
             if count < RECORD_MAX_EVENTS:
                 db.execute("INSERT INTO events (sid, body) VALUES (?, ?)", (call_sid, orjson.dumps(event)))
-                db.execute("UPDATE records SET expires = ? WHERE sid = ?", (now + RECORD_TTL_S, call_sid))
+                db.execute("UPDATE records SET expires = ? WHERE sid = ?", (now + ttl, call_sid))
 
         await self._run(self._tx, body)
 
@@ -403,6 +468,18 @@ class SqliteStore(Store):
             return orjson.loads(row[0]), [orjson.loads(b) for (b,) in events.fetchall()]
 
         result: tuple[dict[str, Any], list[dict[str, Any]]] | None = await self._run(body)
+        return result
+
+    async def record_recent(self, *, limit: int, before: float | None = None) -> list[tuple[str, float]]:
+        def body() -> list[tuple[str, float]]:
+            rows = self._db.execute(
+                "SELECT i.sid, i.created FROM record_index i JOIN records r ON r.sid = i.sid "
+                "WHERE r.expires > ? AND i.created < ? ORDER BY i.created DESC LIMIT ?",
+                (time.time(), math.inf if before is None else before, limit),
+            )
+            return [(str(sid), float(created)) for sid, created in rows.fetchall()]
+
+        result: list[tuple[str, float]] = await self._run(body)
         return result
 
     async def record_put(self, key: str, base: dict[str, Any], ttl_s: float = LEASE_TTL_S) -> None:
@@ -466,6 +543,36 @@ return 1
 # KEYS: leases, states.
 _LUA_LIVE = _LUA_NOW_AND_EXPIRE + "return redis.call('HGETALL', KEYS[2])"
 # KEYS: events list, record key. ARGV: event json, max events, ttl s.
+# KEYS: record key, index zset. ARGV: base json, ttl s, created ms, max records, record key prefix.
+_LUA_CREATE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[7] ~= '1' then return 1 end
+redis.call('ZADD', KEYS[2], ARGV[3], string.sub(KEYS[1], string.len(ARGV[5]) + 1))
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if extra > 0 then
+  for _, sid in ipairs(redis.call('ZRANGE', KEYS[2], 0, extra - 1)) do
+    redis.call('DEL', ARGV[5] .. sid, ARGV[6] .. sid)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
+end
+return 1
+"""
+# KEYS: index zset. ARGV: max score (exclusive, '+inf' or '(<ms>'), limit, record key prefix.
+_LUA_RECENT = """
+local out = {}
+local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', 0, ARGV[2] * 4)
+for i = 1, #rows, 2 do
+  if redis.call('EXISTS', ARGV[3] .. rows[i]) == 1 then
+    table.insert(out, rows[i]); table.insert(out, rows[i + 1])
+    if #out >= ARGV[2] * 2 then break end
+  else
+    redis.call('ZREM', KEYS[1], rows[i])
+  end
+end
+return out
+"""
 _LUA_EVENT = """
 if redis.call('LLEN', KEYS[1]) < tonumber(ARGV[2]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -489,6 +596,9 @@ class RedisStore(Store):
         self._renew = client.register_script(_LUA_RENEW)
         self._live = client.register_script(_LUA_LIVE)
         self._event = client.register_script(_LUA_EVENT)
+        self._create = client.register_script(_LUA_CREATE)
+        self._recent = client.register_script(_LUA_RECENT)
+        self._index = p + "rec-index"
 
     def describe(self) -> str:
         return f"redis ({self._where})"
@@ -543,17 +653,25 @@ class RedisStore(Store):
         return dict(zip(items[::2], items[1::2], strict=True))
 
     async def record_create(self, call_sid: str, base: dict[str, Any]) -> bool:
-        from coredis import PureToken
-
         key = REDIS_PREFIX + "rec:" + call_sid
-        result = await self._do(
-            lambda: self._r.set(key, orjson.dumps(base), condition=PureToken.NX, ex=int(RECORD_TTL_S))
-        )
-        return bool(result)
+        created_ms = int(float(base.get("created_at", time.time())) * 1000)
+        args = [
+            orjson.dumps(base), int(self.record_ttl_s), created_ms, self.record_max,
+            REDIS_PREFIX + "rec:", REDIS_PREFIX + "ev:", "1" if _INDEXED.fullmatch(call_sid) else "0",
+        ]
+        result = await self._do(lambda: self._create(keys=[key, self._index], args=args))
+        return bool(int(result))
+
+    async def record_recent(self, *, limit: int, before: float | None = None) -> list[tuple[str, float]]:
+        top = "+inf" if before is None else f"({round(before * 1000)}"
+        args = [top, limit, REDIS_PREFIX + "rec:"]
+        flat = await self._do(lambda: self._recent(keys=[self._index], args=args))
+        items = [x.decode() if isinstance(x, bytes) else str(x) for x in flat]
+        return [(sid, int(float(ms)) / 1000) for sid, ms in zip(items[::2], items[1::2], strict=True)]
 
     async def record_event(self, call_sid: str, event: dict[str, Any]) -> None:
         keys = [REDIS_PREFIX + "ev:" + call_sid, REDIS_PREFIX + "rec:" + call_sid]
-        args = [orjson.dumps(event), RECORD_MAX_EVENTS, int(RECORD_TTL_S)]
+        args = [orjson.dumps(event), RECORD_MAX_EVENTS, int(self.record_ttl_s)]
         await self._do(lambda: self._event(keys=keys, args=args))
 
     async def record_get(self, call_sid: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:

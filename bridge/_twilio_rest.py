@@ -222,6 +222,7 @@ class TwilioRest:
         status_callback: str | None = None,
         status_callback_events: Sequence[str] = STATUS_CALLBACK_EVENTS,
         timeout_s: float | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> CallInfo:
         """Place a call that runs ``twiml`` once answered; Twilio answers at once with the queued call.
 
@@ -234,6 +235,7 @@ class TwilioRest:
             form["StatusCallbackMethod"] = "POST"
             if status_callback_events:
                 form["StatusCallbackEvent"] = list(status_callback_events)
+        form.update(extra or {})
         return CallInfo.from_json(await self._request("POST", self.calls_path(), form, timeout_s))
 
     async def update_call(

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 import trio
@@ -21,13 +23,17 @@ from quart_trio import QuartTrio
 from twilio.request_validator import RequestValidator
 
 from bridge import _twilio
+from bridge._amd import handle_amd_callback, watch_store
 from bridge._call import CallSettings, run_call
+from bridge._calls_api import calls_blueprint
 from bridge._config import Config, load_config
 from bridge._dashboard import LiveCall, publish_end, publish_start
 from bridge._errors import CallEnded
 from bridge._logging import configure_logging, register_secret
 from bridge._metrics import STATUS_CALLBACK_STATUSES, Metrics, bounded_label
 from bridge._outbound import OutboundCalls, token_subject
+from bridge._recording import delete_old_recordings
+from bridge._records import CALL_SID, CallRecords
 from bridge._store import RENEW_EVERY_S, MemoryStore, Store, StoreUnavailable, open_store
 from bridge._tokens import CallTokens
 from bridge._twiml import STREAM_PATH, busy_twiml, connect_twiml, stream_url
@@ -39,6 +45,9 @@ __all__ = ["create_app", "BridgeState", "STREAM_PATH", "RUNTIME_DIR_ENV"]
 RUNTIME_DIR_ENV = "SPEAKR_BRIDGE_RUNTIME_DIR"
 
 logger = logging.getLogger("bridge.app")
+
+#: How often old recordings are looked for (RECORDINGS_MAX_AGE_DAYS is in days: hourly is plenty).
+RETENTION_EVERY_S = 3600.0
 
 
 #: Largest request body any HTTP route takes (Quart's MAX_CONTENT_LENGTH, default 16 MiB). Twilio's
@@ -86,8 +95,17 @@ class BridgeState:
             else None
         )
         self.outbound = OutboundCalls(config, self.metrics)
+        self.records = CallRecords(
+            MemoryStore(),
+            webhook_url=config.call_webhook_url,
+            webhook_key=config.bridge_api_token.reveal(),
+            registry=self.metrics.registry,
+            recordings_dir=config.recordings_dir,
+        )
+        self.records.view = self.outbound.shared_view
+        self.records.on_held = partial(watch_store, outbound=self.outbound)
         self.store: Store = MemoryStore()
-        self.outbound.store = self.store
+        self.use_store(self.store)
         self.store_ok = True
         self.leases: set[str] = set()  # CallSids admitted by this process and still live
         self.calls_drained = trio.Event()
@@ -96,7 +114,36 @@ class BridgeState:
         self.nursery: trio.Nursery | None = None
 
     def use_store(self, store: Store) -> None:
-        self.store = self.outbound.store = store
+        store.record_max = self.config.call_records_max
+        store.record_ttl_s = self.config.call_records_max_age_s
+        self.store = self.outbound.store = self.records.store = store
+
+    async def inbound_record(self, form: Any) -> None:
+        """The voice webhook's step: start an inbound call's record with its numbers (best effort)."""
+        call_sid = form.get("CallSid", "")
+        if not CALL_SID.fullmatch(call_sid):
+            return
+        now = time.time()
+        base = {
+            "sid": call_sid, "to": form.get("To") or None, "from": form.get("From") or None,
+            "created_at": now, "source": "inbound", "direction": "inbound",
+        }
+        try:
+            if await self.store.record_create(call_sid, base):
+                await self.store.record_event(call_sid, {"status": "in-progress", "at": now})
+        except StoreUnavailable as exc:
+            logger.warning("[%s] call record not started: %s", call_sid, exc)
+
+    async def delete_old_recordings(self) -> None:
+        """Apply RECORDINGS_MAX_AGE_DAYS now and every RETENTION_EVERY_S."""
+        directory, days = self.config.recordings_dir, self.config.recordings_max_age_days
+        if not directory or days <= 0:
+            return
+        while True:
+            removed = await trio.to_thread.run_sync(delete_old_recordings, directory, days)
+            if removed:
+                logger.info("deleted %d recordings older than %g days", removed, days)
+            await trio.sleep(RETENTION_EVERY_S)
 
     # --- admission -------------------------------------------------------------------
 
@@ -248,6 +295,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     state = BridgeState(config)
     app.extensions["bridge"] = state
     app.register_blueprint(state.outbound.blueprint())
+    app.register_blueprint(calls_blueprint(state.outbound, state.records))
     register_web(app, state)
     if not config.twilio_auth_token:
         logger.warning(
@@ -262,6 +310,11 @@ def create_app(config: Config | None = None) -> QuartTrio:
     @app.before_serving
     async def keep_nursery() -> None:
         state.nursery = app.nursery
+
+    @app.before_serving
+    async def start_records() -> None:
+        state.records.background = app.nursery
+        app.nursery.start_soon(state.delete_old_recordings)
 
     @app.before_serving
     async def start_local_agent() -> None:
@@ -300,6 +353,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
             state.metrics.calls_rejected.labels(refusal).inc()
             logger.warning("[%s] call refused: %s", call_sid or "-", refusal)
             return _twiml(busy_twiml())
+        await state.inbound_record(form)
         parameters = {}
         if state.tokens is not None and call_sid:
             parameters[CallTokens.PARAMETER] = state.tokens.issue(call_sid)
@@ -321,6 +375,19 @@ def create_app(config: Config | None = None) -> QuartTrio:
         state.metrics.status_callbacks.labels(bounded_label(status, STATUS_CALLBACK_STATUSES)).inc()
         state.metrics.webhooks.labels("status", "ok").inc()
         logger.info("[%s] status callback: %s", form.get("CallSid", "-"), status)
+        return "", 204
+
+    @app.post("/twilio/amd")
+    async def amd_callback() -> tuple[str, int]:
+        if not await signed("amd"):
+            return "invalid Twilio signature", 403
+        form = await request.form
+        try:
+            await handle_amd_callback(form, state.outbound, state.records)
+        except StoreUnavailable as exc:
+            state.store_failed("record", exc)
+            return "call store unavailable", 503  # Twilio retries the callback
+        state.metrics.webhooks.labels("amd", "ok").inc()
         return "", 204
 
     @app.get("/healthz")
@@ -469,12 +536,14 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
     await send({"type": "websocket.accept"})
     socket = AsgiTwilioSocket(receive, send)
     admitted: list[str] = []
+    observer = state.records.observer()
     live = LiveCall()  # the dashboard's view of this call
 
     async def authorize(start: _twilio.Start) -> str | None:
         refusal = await state.admit(start)
         if refusal is None:
             admitted.append(start.call_sid)
+            await state.records.begin(start, observer)
             await publish_start(state.store, start.call_sid, start.custom_parameters)
             live.call_sid = start.call_sid
         return refusal
@@ -487,6 +556,7 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         authorize=authorize,
         shutdown=state.end_all_calls,
         hangup=state.outbound.hangup if state.outbound.rest_configured else None,
+        observer=observer,
         observe=live.observe,
     )
     state.active_calls += 1
@@ -502,6 +572,8 @@ async def serve_stream(state: BridgeState, scope: Scope, receive: Receive, send:
         logger.exception("call failed with an internal error")
         await socket.close(1011)
     finally:
+        observer.close_recording()  # already closed on every normal path; this covers a crash
+        await state.records.finish(observer)
         for call_sid in admitted:
             await publish_end(state.store, call_sid, result)  # the dashboard's record, before the lease goes
             await state.release(call_sid)

@@ -267,6 +267,9 @@ class TwilioCaller:
         self.dtmf = sorted(dtmf, key=lambda item: item[0])
         self.from_number = from_number
         self.to_number = to_number
+        #: Set to make Twilio leave the stream (a REST update redirected the call): ``stop``, then close 1000.
+        self.stop_requested = trio.Event()
+        self.stop_outcome = "redirected"  # the record's outcome then (``completed_by_api`` for a hang-up)
 
     def __repr__(self) -> str:
         token = "<set>" if self._auth_token else None
@@ -550,6 +553,8 @@ class _ActiveCall:
                 ending = "hung_up"
             elif k >= max_tick:
                 ending = "max_duration"
+            elif caller.stop_requested.is_set():
+                ending = caller.stop_outcome
             due: list[str] = []
             if ending is None:
                 # The speaker first, with no await since waking: span k starts now, whatever the sends cost.

@@ -21,6 +21,14 @@ TwiML's ``<Connect><Stream>`` is dialled by a :class:`~bridge.emulators.TwilioCa
 on loopback. A ``To`` listed in ``outcomes`` ends as ``busy``, ``no-answer`` or ``failed`` instead,
 without a stream.
 
+Asynchronous answering-machine detection: a create with ``MachineDetection`` (``Enable`` or
+``DetectMessageEnd``), ``AsyncAmd=true`` and ``AsyncAmdStatusCallback`` gets, ``amd_delay_s`` after the stream
+answer, a signed POST to that callback with Twilio's fields (``AccountSid``, ``CallSid``, ``AnsweredBy``,
+``MachineDetectionDuration`` in ms). ``AnsweredBy`` is ``answered_by[To]`` or ``human``; with ``Enable`` a
+machine is reported as ``machine_start`` (Twilio does not wait for the greeting's end then). A ``Twiml``
+update of a live call (a transfer's ``<Dial>``, a voicemail's ``<Say>``) is recorded in ``twiml_updates`` and
+ends the stream as Twilio does (``stop``, close 1000); the call then completes.
+
 Hang-up through the API (``Status=completed`` on a live call) ends the call as Twilio does: the resource is
 ``completed`` at once (a second hang-up gets 21220), and the stream is torn down after
 :data:`HANGUP_GRACE_S` unless the bridge has closed it by then (the bridge closes it right after asking).
@@ -134,6 +142,15 @@ class EmulatedCall:
     error: str | None = None
     ended: trio.Event = field(default_factory=trio.Event)
     hangup: trio.Event = field(default_factory=trio.Event)
+    #: TwiML given by ``Twiml`` updates of the live call, in order (e.g. a ``<Dial>`` transfer).
+    twiml_updates: list[str] = field(default_factory=list)
+    caller: TwilioCaller | None = None
+    #: The create's ``MachineDetection`` and ``AsyncAmdStatusCallback`` (async AMD), when asked for.
+    machine_detection: str | None = None
+    amd_callback: str | None = None
+    #: ``(AnsweredBy, HTTP status answered or None)`` and ``trio.current_time()`` just before that POST.
+    amd_posted: tuple[str, int | None] | None = None
+    amd_posted_at: float | None = None
 
     @property
     def duration_s(self) -> int | None:
@@ -171,6 +188,8 @@ class TwilioRestApi:
         max_call_s: float = 60.0,
         response_delay_s: float = 0.0,
         host: str = "127.0.0.1",
+        answered_by: Mapping[str, str] | None = None,
+        amd_delay_s: float = 0.3,
     ) -> None:
         for to, outcome in (outcomes or {}).items():
             if outcome not in _END_OUTCOMES:
@@ -189,6 +208,8 @@ class TwilioRestApi:
         self.max_call_s = max_call_s
         self.response_delay_s = response_delay_s
         self.host = host
+        self.answered_by = dict(answered_by or {})
+        self.amd_delay_s = amd_delay_s
         self.requests: list[RecordedRequest] = []
         self.calls: dict[str, EmulatedCall] = {}
         self._base_url: str | None = None
@@ -309,6 +330,9 @@ class TwilioRestApi:
             return _error(status, code, message)
         events = tuple(fields.get("StatusCallbackEvent", [])) or ("completed",)
         call = EmulatedCall(_sid("CA"), to, from_, twiml, one("StatusCallback"), events, _now())
+        if one("MachineDetection") in ("Enable", "DetectMessageEnd") and one("AsyncAmd") == "true":
+            call.machine_detection = one("MachineDetection")
+            call.amd_callback = one("AsyncAmdStatusCallback")
         self.calls[call.sid] = call
         if self.simulate and self._nursery is not None:
             self._nursery.start_soon(self._run_call, call)
@@ -316,11 +340,29 @@ class TwilioRestApi:
 
     def _update(self, call: EmulatedCall, fields: dict[str, list[str]]) -> Response:
         status = (fields.get("Status") or [""])[0]
+        twiml = next(iter(fields.get("Twiml") or []), None)
+        if twiml is not None and not status:
+            # Twilio redirects the live call to the new TwiML: the stream ends (``stop``, close 1000) and
+            # the call runs the new instructions (a <Dial>: the callee talks to the dialled party).
+            if call.status in _TERMINAL:
+                return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
+            if len(twiml) > TWIML_MAX_CHARS:
+                return _error(
+                    400, 32018, f"Twiml size exceeded maximum allowed value of {TWIML_MAX_CHARS} characters"
+                )
+            call.twiml_updates.append(twiml)
+            if call.caller is not None:
+                call.caller.stop_requested.set()
+            self._notify()
+            return _json(self._resource(call), 200)
         if status in ("completed", "canceled"):
             if call.status in _TERMINAL:
                 return _error(400, 21220, "Call is not in-progress. Cannot redirect.")
             call.completed_by_api = True
             call.status = "completed" if call.status == "in-progress" else "canceled"
+            if call.caller is not None:  # Twilio ends the stream: stop, then close 1000
+                call.caller.stop_outcome = "completed_by_api"
+                call.caller.stop_requested.set()
             call.end = _now()
             call.hangup.set()
             self._notify()
@@ -416,6 +458,7 @@ class TwilioRestApi:
             from_number=call.from_,
             to_number=call.to,
         )
+        call.caller = caller
         async with trio.open_nursery() as nursery:
 
             async def talk() -> None:
@@ -423,9 +466,38 @@ class TwilioRestApi:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(talk)
+            if call.amd_callback:
+                nursery.start_soon(self._detect, call)
             await call.hangup.wait()
             await trio.sleep(HANGUP_GRACE_S)
             nursery.cancel_scope.cancel()
+
+    async def _detect(self, call: EmulatedCall) -> None:
+        """Async AMD: the result, ``amd_delay_s`` after the answer, to the AMD callback."""
+        await trio.sleep(self.amd_delay_s)
+        answered_by = self.answered_by.get(call.to, "human")
+        if answered_by.startswith("machine_end") and call.machine_detection == "Enable":
+            answered_by = "machine_start"
+        assert call.amd_callback is not None
+        form = {
+            "AccountSid": self.account_sid,
+            "CallSid": call.sid,
+            "AnsweredBy": answered_by,
+            "MachineDetectionDuration": str(int(self.amd_delay_s * 1000)),
+        }
+        signature = RequestValidator(self.auth_token).compute_signature(call.amd_callback, form)
+        answered: int | None = None
+        try:
+            async with httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_S) as client:
+                call.amd_posted_at = trio.current_time()
+                response = await client.post(
+                    call.amd_callback, data=form, headers={"X-Twilio-Signature": signature}
+                )
+            answered = response.status_code
+        except httpx.HTTPError as exc:
+            log.warning("AMD callback for %s failed: %s", call.sid, type(exc).__name__)
+        call.amd_posted = (answered_by, answered)
+        self._notify()
 
     async def _post_callback(
         self, call: EmulatedCall, status: str, sequence: int, extra: Mapping[str, str]

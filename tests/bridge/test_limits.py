@@ -18,7 +18,7 @@ import trio_websocket
 from e2e_helpers import RunningBridge, speechlike, start_agent, start_bridge
 
 from bridge import _speakr, _twilio
-from bridge._call import MAX_UNPLAYED_BYTES
+from bridge._caller import MAX_UNPLAYED_BYTES
 from bridge._config import Secret
 from bridge.emulators import TwilioCaller
 

@@ -19,7 +19,9 @@ from e2e_helpers import start_bridge
 
 import codec
 from bridge import _speakr, _twilio
-from bridge._call import CallSettings, _never, _writable_probe, run_call
+from bridge._call import CallSettings, run_call
+from bridge._legs import _never
+from bridge._legs import writable_probe as _writable_probe
 from bridge._config import Config
 from bridge._errors import CallEnded
 from bridge._metrics import Metrics

@@ -209,6 +209,10 @@ class TwilioCaller:
         double_start: fault: send ``start`` twice.
         drop_after_s: fault: at this phone time cut the TCP connection (RST, no ``stop``, no close frame).
         dtmf: ``(phone_time_s, digit)`` key presses to send as ``dtmf`` events.
+        playout_delay_s: the handset buffers this long before it plays what it receives (marks come back
+            that much later too); 0: it plays at once.
+        gaps: fault: ``(start_s, end_s)`` spans of phone time in which no ``media`` is sent (a stalled network
+            or a muted line); those frames are lost, never sent late (and missing from ``sent_ulaw``).
         from_number, to_number: the webhook's ``From`` and ``To``.
     """
 
@@ -232,6 +236,8 @@ class TwilioCaller:
         double_start: bool = False,
         drop_after_s: float | None = None,
         dtmf: Sequence[tuple[float, str]] = (),
+        playout_delay_s: float = 0.0,
+        gaps: Sequence[tuple[float, float]] = (),
         from_number: str = "+15005550006",
         to_number: str = "+15005550001",
     ) -> None:
@@ -248,6 +254,11 @@ class TwilioCaller:
             raise ValueError(f"max_call_s must be > 0, got {max_call_s!r}")
         if media_before_start < 0:
             raise ValueError(f"media_before_start must be >= 0, got {media_before_start!r}")
+        if not playout_delay_s >= 0:
+            raise ValueError(f"playout_delay_s must be >= 0, got {playout_delay_s!r}")
+        for start_s, end_s in gaps:
+            if not 0 <= start_s <= end_s:
+                raise ValueError(f"a gap must be 0 <= start_s <= end_s, got {(start_s, end_s)!r}")
         self.stream_url = stream_url
         self.webhook_url = webhook_url
         self._auth_token = auth_token
@@ -265,6 +276,8 @@ class TwilioCaller:
         self.double_start = double_start
         self.drop_after_s = drop_after_s
         self.dtmf = sorted(dtmf, key=lambda item: item[0])
+        self.playout_delay_s = float(playout_delay_s)
+        self.gaps = tuple(gaps)
         self.from_number = from_number
         self.to_number = to_number
         #: Set to make Twilio leave the stream (a REST update redirected the call): ``stop``, then close 1000.
@@ -396,7 +409,7 @@ class _ActiveCall:
         self.caller = caller
         self.rec = rec
         self.ws = ws
-        self.phone = PhonePlayback()
+        self.phone = PhonePlayback(start_delay_samples=round(caller.playout_delay_s * SAMPLE_RATE_HZ))
         self.epoch = trio.current_time()
         self._sequence = 0
         self._closing = False  # we are hanging up or dropping: a ConnectionClosed is ours
@@ -537,6 +550,7 @@ class _ActiveCall:
         max_tick = _tick_at(caller.max_call_s)
         injections = [(_tick_at(t), frame) for t, frame in caller.injections]
         dtmf = [(_tick_at(t), digit) for t, digit in caller.dtmf]
+        gaps = [(_tick_at(start), _tick_at(end)) for start, end in caller.gaps]
         k = 0
         while True:
             deadline = self.epoch + k * tick_wall
@@ -565,7 +579,7 @@ class _ActiveCall:
                     rec.first_audio_heard_s = k * FRAME_S
                     rec.first_audio_heard_wall_s = trio.current_time()
                     self._event("first_audio_heard")
-            if k >= 1:
+            if k >= 1 and not any(start <= k - 1 < end for start, end in gaps):
                 await self._send_frame(k - 1, audio)
             if ending == "dropped":
                 await self._drop()

@@ -147,6 +147,8 @@ async def test_no_audio_before_settings_applied_and_keepalive_while_the_audio_is
     assert session.audio_before_settings_applied == 0
     applied = session.events_of("SettingsApplied")[0].wall_s
     assert session.audio_frames and session.audio_frames[0].wall_s >= applied
+    first_audio_ms = (session.audio_frames[0].wall_s - applied) * 1000
+    print(f"SettingsApplied -> first caller audio: {first_audio_ms:.2f} ms")
     held = [t for t in session.keepalives if t < applied]
     assert len(held) >= 3, session.keepalives
     # The audio held meanwhile went out after SettingsApplied: the most recent second of it, then the rest.
@@ -246,6 +248,8 @@ async def test_nothing_of_the_old_answer_plays_after_user_started_speaking(nurse
     assert record.counters.clears_received == 1
     clear = record.events_of("clear_received")[0]
     after = heard_after(record, clear.wall_s)
+    started = session.events_of("UserStartedSpeaking")[1].wall_s
+    print(f"UserStartedSpeaking -> Twilio clear: {(clear.wall_s - started) * 1000:.2f} ms")
     # After the clear the caller hears the second answer whole, and nothing else.
     assert audible(after) == audible(answer_ulaw(short))
     # Before it, only the beginning of the first answer.
@@ -308,9 +312,40 @@ async def test_end_call_answers_the_function_plays_out_then_hangs_up(nursery):
     assert record.first_audio_heard_wall_s is not None
     assert closed >= record.first_audio_heard_wall_s + 2.0 / SPEED - 0.05
     assert session.events_of("AgentAudioDone")[0].wall_s < closed - 0.3  # sent well before it had played
+    played_out = record.first_audio_heard_wall_s + 2.0 / SPEED
+    print(f"end_call: stream closed {(closed - played_out) * 1000:.1f} ms after the goodbye finished playing")
     assert session.events_of("FunctionCallResponse")[0].wall_s < closed
     await bridge.wait_idle()
     assert bridge.metric("bridge_calls_ended_total", {"reason": "end_call"}) == 1
+
+
+async def test_a_caller_hang_up_mid_answer_closes_deepgram_with_1000_within_a_second(nursery):
+    agent, bridge = await start(nursery, turns=[dg.Turn(answer_ms=8000)])
+    record = await call(bridge, audio=speech(1000, seed=12), drop_after_s=2.5)
+    assert record.outcome == "dropped"
+    session = agent.sessions[0]
+    with trio.fail_after(LIMIT_S):
+        await session.closed.wait()
+    assert session.answers[0].sent_bytes > 0 and session.close_code == 1000
+    dropped = record.events_of("dropped")[-1].wall_s
+    closed = session.events_of("closed")[-1].wall_s
+    assert closed - dropped < 1.0
+    print(f"caller drop mid-answer -> Deepgram closed (1000) in {(closed - dropped) * 1000:.1f} ms")
+    sent = bytes(record.sent_ulaw)
+    assert session.received_audio == sent[: len(session.received_audio)]
+    await bridge.wait_idle()
+
+
+async def test_the_call_can_choose_deepgram_when_another_agent_is_configured(nursery):
+    agent = dg.DeepgramAgentServer(api_key=KEY)
+    await nursery.start(agent.serve)
+    config = Config(agent="speakr", deepgram=DeepgramSettings(api_key=Secret(KEY), url=agent.url))
+    app = create_app(config)
+    bridge = Bridge(await nursery.start(partial(serve_in_process, app)), app.extensions["bridge"])
+    record = await call(bridge, custom_parameters={"agent": "deepgram"}, hangup_after_s=0.6)
+    assert record.outcome == "hung_up"
+    assert len(agent.sessions) == 1 and agent.sessions[0].settings_applied
+    await bridge.wait_idle()
 
 
 @pytest.mark.parametrize("how", ["close", "drop"])

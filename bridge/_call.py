@@ -406,6 +406,9 @@ class _Call:
             if self.settings.observer is not None:
                 self.settings.observer.ended(self.result)
             self.nursery = None
+            # The legs point at each other and at the runner: cut those cycles, so an ended call is freed at
+            # once, without waiting for a full garbage collection.
+            self.caller.detach()
         return self.result
 
     def count_unsent(self) -> None:

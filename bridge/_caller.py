@@ -106,6 +106,11 @@ class CallerLeg:
         self.hop_uplink = runner.metrics.hop_latency.labels("uplink")
         self.hop_downlink = runner.metrics.hop_latency.labels("downlink")
 
+    def detach(self) -> None:
+        """The call is over: drop the references to the runner and the agent leg (they point back here)."""
+        self.runner = None  # type: ignore[assignment]
+        self.agent = None
+
     # --- the port: what the agent leg reads -----------------------------------------------------
 
     @property

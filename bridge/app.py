@@ -287,7 +287,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     if config is None:
         config = load_config()
     configure_logging(config.log_format)
-    for secret in (config.speakr_api_key, config.twilio_auth_token, config.bridge_api_token):
+    for secret in config.secrets():
         register_secret(secret.reveal())
     app = QuartTrio("speakr-bridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

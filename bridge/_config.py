@@ -20,8 +20,8 @@ from dotenv import dotenv_values
 
 from bridge._errors import ConfigError
 from bridge._secret import Secret
-from bridge._speakr import validate_field
 from bridge.agents._settings import AGENTS, DeepgramSettings, OpenAISettings
+from bridge.agents.speakr._wire import validate_field
 
 __all__ = ["Config", "Secret", "load_config"]
 

@@ -15,10 +15,10 @@ import trio
 import trio_websocket
 
 import codec
-from bridge import _speakr
 from bridge._config import Config, load_config
 from bridge._errors import SpeakrProtocolError
 from bridge._logging import register_secret, scrub
+from bridge.agents.speakr import _wire as _speakr
 
 __all__ = ["doctor_command", "check_agent"]
 
@@ -119,7 +119,7 @@ async def _run(config: Config) -> list[Finding]:
     if config.agent != "speakr":
         pass
     elif agent_url is None:
-        from bridge._local_agent import LocalAgentServer
+        from bridge.agents.speakr._local_agent import LocalAgentServer
 
         async with trio.open_nursery() as nursery:
             agent = LocalAgentServer()

@@ -60,12 +60,12 @@ from quart import Blueprint, Response, request
 from bridge._config import Config
 from bridge._errors import ConfigError, short_repr
 from bridge._metrics import Metrics
-from bridge._speakr import WIRE_FIELDS, validate_field
 from bridge._store import MemoryStore, Store, StoreUnavailable
 from bridge._tokens import CallTokens
 from bridge._twilio_rest import STATUS_CALLBACK_EVENTS, TwilioRest, TwilioRestError
 from bridge._twiml import connect_twiml, stream_url
 from bridge.agents import AGENTS
+from bridge.agents.speakr._wire import WIRE_FIELDS, validate_field
 
 __all__ = [
     "NONCE_PARAMETER",

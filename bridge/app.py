@@ -319,7 +319,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     @app.before_serving
     async def start_local_agent() -> None:
         if state.agent_url is None:
-            from bridge._local_agent import LocalAgentServer
+            from bridge.agents.speakr._local_agent import LocalAgentServer
 
             agent = LocalAgentServer()
             await app.nursery.start(agent.serve)

@@ -24,10 +24,10 @@ import trio
 import trio_websocket
 
 import codec
-from bridge import _speakr
 from bridge._errors import SpeakrProtocolError
 from bridge._ledger import SegmentPlayed
 from bridge._legs import AgentClosed, CallPort, Capabilities, Digit, UplinkItem, WebSocketAgentLeg
+from bridge.agents.speakr import _wire as _speakr
 
 if TYPE_CHECKING:
     from bridge._call import CallSettings

@@ -8,8 +8,8 @@ sockets, one shared epoll set waited on by one Trio task, no trio-websocket, no 
 masked with the all-zero key, agent-side binary frames counted, never unmasked). What
 crosses the wire is built and checked with the product's own protocol modules (``bridge._twilio`` builders
 and the strict ``parse_outbound``, ``bridge.agents.speakr._wire`` builders) and the caller's phone is the
-emulators' :class:`~bridge.emulators.PhonePlayback` (plays in real time, echoes marks when their audio has played, all
-at once on ``clear``), so the bridge sees the traffic Twilio would send.
+emulators' :class:`~bridge.emulators.PhonePlayback` (plays in real time, echoes marks when their audio has
+played, all at once on ``clear``), so the bridge sees the traffic Twilio would send.
 
 One task, the *ticker*, runs every caller's phone clock: it wakes every 2 ms and serves the tenth of the
 callers whose 20 ms phase falls there (calls are spread over the 20 ms like real calls, not sent in one

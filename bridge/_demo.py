@@ -8,7 +8,8 @@ Theory of operation
   one ``serve`` starts when ``SPEAKR_WS_URL`` is unset), or the agent at ``agent_url``. The demo starts the
   local agent itself rather than letting the app do it, for two reasons: its speech is paced on the wall
   clock, so at ``speed`` k its pace must be k times the usual one for the phone to hear it as the app's
-  agent would sound in real time; and its per-session statistics (turns, pauses, continues, clears) go into the summary.
+  agent would sound in real time; and its per-session statistics (turns, pauses, continues, clears) go into
+  the summary.
 - the bridge: ``create_app`` served by Hypercorn on a free port, exactly as ``serve`` runs it, with a
   per-run random Twilio auth token, so the signed webhook, the per-call ``bridge_token`` and the signed
   stream upgrade are all exercised (and nobody else on the machine can open a session on it meanwhile).

@@ -10,17 +10,19 @@ Theory of operation
   the uplink channel in order into :meth:`bridge._legs.AgentLeg.send` (the leg serialises its own wire);
 * **agent receiver** (:meth:`bridge._legs.AgentLeg.run`) opens the agent's session and turns what the agent
   says into calls on the caller leg (play, clear, pause, resume, ready, transcript, finish);
-* **supervisor**: the agent's ready timeout, the dead-stream watch, the server's shutdown and the API's hang-up.
+* **supervisor**: the agent's ready timeout, the dead-stream watch, the server's shutdown and the API's
+hang-up.
 
 The runner knows no wire and no backend: backends differ only by the capabilities their legs declare
 (:class:`bridge._legs.Capabilities`).
 
 Ending: whichever side ends first records the reason (first one wins). Twilio hanging up (``stop`` or a closed
-socket) closes the uplink channel; the sender sends what is queued plus the last partial frame, padded, and the
-leg closes its session cleanly. The agent ending (its end after the last audio has played, a drop, a failure)
-closes the Twilio socket, so Twilio plays the TwiML after ``</Connect>``. Either way the nursery is given
-:data:`CLOSE_TIMEOUT_S` to unwind and is then cancelled, and a shielded cleanup closes whatever is still open: no
-task outlives its call.
+socket) closes the uplink channel; the sender sends what is queued plus the last partial frame, padded, and
+the leg closes its session cleanly. The agent ending (its end after the last audio has played, a drop, a
+failure) closes the Twilio socket, so Twilio plays the TwiML after ``</Connect>``. Either way the nursery is
+given
+:data:`CLOSE_TIMEOUT_S` to unwind and is then cancelled, and a shielded cleanup closes whatever is still open:
+no task outlives its call.
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ class _Call:
             if asked.strip().lower() in AGENTS:
                 name = asked.strip().lower()
             else:
-                self.count_error("twilio", "unknown_agent", f"agent parameter {asked[:40]!r} is not a backend")
+                detail = f"agent parameter {asked[:40]!r} is not a backend"
+                self.count_error("twilio", "unknown_agent", detail)
         self.result.agent = name
         make = self.settings.make_leg or make_leg
         return make(name, caller, self.settings)
@@ -214,7 +217,8 @@ class _Call:
             self.result.reason = reason
             self.log.info("call ending: %s", reason)
         with trio.CancelScope(shield=True):
-            # Each side has its own budget: a Twilio side that hangs must not keep the (paid) agent session open.
+            # Each side has its own budget: a Twilio side that hangs must not keep the (paid) agent session
+            # open.
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await self.caller.close_twilio()
             if self.agent is not None:
@@ -269,8 +273,10 @@ class _Call:
     # --- the agent's two tasks ----------------------------------------------------------------
 
     async def agent_receiver(self) -> None:
-        """Once the call has started (and may reach its agent): the agent leg's own session."""
-        if not await self.until_ended(self.started.wait, self.agent_allowed):
+        """Once the call has started: the agent leg's own session. It opens even while the call is held for
+        its answering-machine result (the sender waits for that), so the agent is ready when a person
+        answers."""
+        if not await self.until_ended(self.started.wait):
             return
         assert self.agent is not None
         await self.agent.run()
@@ -284,6 +290,7 @@ class _Call:
         if not await self.until_ended(agent.wait_sendable):
             return
         caller = self.caller
+        caller.sender_started()
         counters = self.counters
         hop = caller.hop_uplink
         recv = caller.uplink_recv
@@ -406,12 +413,15 @@ class _Call:
             if self.settings.observer is not None:
                 self.settings.observer.ended(self.result)
             self.nursery = None
+            # The legs point at each other and at the runner: cut those cycles, so an ended call is freed at
+            # once, without waiting for a full garbage collection.
+            self.caller.detach()
         return self.result
 
     def count_unsent(self) -> None:
         """Count the caller audio still queued when the call is over (the agent was closed first, as at
-        shutdown, where the caller's last partial frame is queued after the agent is gone): lost audio is always
-        counted, here as ``unsent_at_end``."""
+        shutdown, where the caller's last partial frame is queued after the agent is gone): lost audio is
+        always counted, here as ``unsent_at_end``."""
         while True:
             try:
                 item, _ = self.caller.uplink_recv.receive_nowait()

@@ -5,19 +5,20 @@ Theory of operation
 :class:`CallerLeg` is the call's Twilio side and the :class:`~bridge._legs.CallPort` every agent leg talks to.
 
 * **Receiver** (:meth:`CallerLeg.receive`, one of the call's three tasks) reads the Media Stream. ``start``
-  fixes the call's ids and per-call parameters (and so which agent answers). Caller audio goes into the uplink:
-  μ-law decoded when the agent wants PCM, re-cut into the agent's frames (:class:`~bridge._uplink.UplinkFramer`,
-  which holds the last second until the agent is ready), and queued on the uplink channel for the agent's
-  sender. While the sender is parked on an empty channel and the agent's socket has room, the receiver sends a
-  frame itself instead of queueing it (no task hop per frame); any put ends that, so nothing queued is
-  overtaken, and a slow agent still fills the channel. Twilio's returned marks go to the ledger; a segment played
-  in full goes on the uplink to agents that want to know (:attr:`~bridge._legs.Capabilities.reports_played`).
+  fixes the call's ids and per-call parameters (and so which agent answers). Caller audio goes into the
+  uplink: μ-law decoded when the agent wants PCM, re-cut into the agent's frames
+  (:class:`~bridge._uplink.UplinkFramer`, which holds the last second until the agent is ready), and queued on
+  the uplink channel for the agent's sender. While the sender is parked on an empty channel and the agent's
+  socket has room, the receiver sends a frame itself instead of queueing it (no task hop per frame); any put
+  ends that, so nothing queued is overtaken, and a slow agent still fills the channel. Twilio's returned marks
+  go to the ledger; a segment played in full goes on the uplink to agents that want to know
+  (:attr:`~bridge._legs.Capabilities.reports_played`).
 * **Downlink** (:meth:`CallerLeg.play` and the interruptions, called by the agent leg's receiver): the ledger
-  decides what is sent, held, replayed or dropped; this leg turns its actions into Twilio messages. It is the only
-  writer of the Twilio socket.
+  decides what is sent, held, replayed or dropped; this leg turns its actions into Twilio messages. It is the
+  only writer of the Twilio socket.
 
-The ledger and the framer are plain objects shared by two tasks; Trio runs one task at a time and every mutation
-is synchronous, so no lock is needed.
+The ledger and the framer are plain objects shared by two tasks; Trio runs one task at a time and every
+mutation is synchronous, so no lock is needed.
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ UPLINK_CHANNEL_ITEMS = 32
 TWILIO_MAX_MESSAGE_CHARS = 64 * 1024
 #: Largest decoded Twilio media payload we accept: Twilio sends 160 bytes.
 TWILIO_MAX_PAYLOAD_BYTES = 16_000
-#: Agent audio sent to Twilio and not yet confirmed played, at most: 120 s of μ-law. An agent that runs further
-#: ahead than this has its excess dropped and counted (``downlink_overflow``), so what one call holds in memory
-#: stays bounded whatever the agent sends.
+#: Agent audio sent to Twilio and not yet confirmed played, at most: 120 s of μ-law. An agent that runs
+#: further ahead than this has its excess dropped and counted (``downlink_overflow``), so what one call holds
+#: in memory stays bounded whatever the agent sends.
 MAX_UNPLAYED_BYTES = 8000 * 120
 #: Real-time rule for overload: caller audio arriving more than this behind Twilio's stream clock (relative to
 #: the best seen) is stale, dropped and counted (``stale_uplink``) rather than forwarded seconds late. Normal
-#: jitter is a few milliseconds; a backlog this deep means the server is overloaded, and forwarding it would only
-#: delay every answer of the agent.
+#: jitter is a few milliseconds; a backlog this deep means the server is overloaded, and forwarding it would
+#: only delay every answer of the agent.
 STALE_UPLINK_S = 0.5
 #: Extra time allowed after the agent's end for Twilio to confirm the last audio played.
 END_PLAYOUT_GRACE_S = 1.0
@@ -102,6 +103,7 @@ class CallerLeg:
         # The agent's sender waits on an empty uplink channel (see send_now); set by the runner's sender.
         self.sender_idle = False
         self.ready_event = trio.Event()
+        self.sending = False  # the runner's sender has started (see sender_started)
         self.playout_done = trio.Event()  # set when the ledger goes idle after the agent's end
         self.ending_after_playout = False
         self.stalled_since: float | None = None  # first uplink overflow of the current stall
@@ -113,6 +115,11 @@ class CallerLeg:
         self.turn_ended_at: float | None = None  # the agent's VAD said the caller stopped (turn latency)
         self.hop_uplink = runner.metrics.hop_latency.labels("uplink")
         self.hop_downlink = runner.metrics.hop_latency.labels("downlink")
+
+    def detach(self) -> None:
+        """The call is over: drop the references to the runner and the agent leg (they point back here)."""
+        self.runner = None  # type: ignore[assignment]
+        self.agent = None
 
     # --- the port: what the agent leg reads -----------------------------------------------------
 
@@ -166,14 +173,16 @@ class CallerLeg:
 
     # --- the port: downlink -------------------------------------------------------------------
 
-    async def play(self, key: Hashable, ulaw: bytes, *, close: bool = False) -> None:
+    async def play(
+        self, key: Hashable, ulaw: bytes, *, close: bool = False, received: int | None = None
+    ) -> None:
         if self._start is None:
             self.count_error("media_before_start", "agent audio before Twilio start")
             return
         t0 = trio.current_time()
         counters = self.counters
         counters.agent_media_in += 1
-        counters.agent_bytes_in += len(ulaw)
+        counters.agent_bytes_in += len(ulaw) if received is None else received
         if self.ledger.unplayed_bytes + len(ulaw) > MAX_UNPLAYED_BYTES:
             self.metrics.dropped.labels("downlink_overflow").inc()
             self.log_event(
@@ -269,15 +278,29 @@ class CallerLeg:
             self.count_error("second_ready", "ready received twice")
             return
         self.ready_event.set()
-        now = trio.current_time()
-        waited = now - self.t_start if self._start is not None else 0.0
+        waited = trio.current_time() - self.t_start if self._start is not None else 0.0
         self.result.start_to_ready_s = waited
         self.metrics.agent_ready.observe(waited)
-        held = self.framer.start() if self.framer is not None else []
+        name = self.agent.capabilities.name if self.agent is not None else "agent"
+        self.log.info("%s ready after %.0f ms", name, waited * 1000)
+        if self.sending:
+            self._release_held()
+
+    def sender_started(self) -> None:
+        """The runner's sender is draining the uplink (the call may reach its agent: not held for AMD)."""
+        self.sending = True
+        if self.ready_event.is_set():
+            self._release_held()
+
+    def _release_held(self) -> None:
+        """The agent is ready and the sender is running: the held preroll goes out, then live audio."""
+        if self.framer is None or self.framer.ready:
+            return
+        now = trio.current_time()
+        held = self.framer.start()
         for frame in held:
             self.put_frame(frame, now)
-        name = self.agent.capabilities.name if self.agent is not None else "agent"
-        self.log.info("%s ready after %.0f ms; %d held frames flushed", name, waited * 1000, len(held))
+        self.log.info("%d held frames flushed", len(held))
 
     def put_frame(self, frame: bytes, t_received: float) -> None:
         try:
@@ -297,7 +320,9 @@ class CallerLeg:
                 )
             elif t_received - self.stalled_since > self.config.agent_stall_timeout_s:
                 stalled_s = t_received - self.stalled_since
-                self.log_event(logging.ERROR, "stalled", "%s stalled for %.1f s", name, stalled_s, errors=True)
+                self.log_event(
+                    logging.ERROR, "stalled", "%s stalled for %.1f s", name, stalled_s, errors=True
+                )
                 self.runner.spawn(self.runner.give_up, "agent_stalled")
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the call is ending; the sender is gone
@@ -415,9 +440,9 @@ class CallerLeg:
         """True for caller audio that reaches us too late to be worth forwarding (then counted).
 
         ``timestamp_ms`` is Twilio's stream clock. ``now - timestamp`` is constant while we keep up (network
-        jitter aside); its smallest value so far is the baseline. When the server falls behind, frames queue in
-        socket buffers and arrive ever later: past STALE_UPLINK_S behind the baseline they are dropped, so the
-        agent hears the caller live instead of seconds late.
+        jitter aside); its smallest value so far is the baseline. When the server falls behind, frames queue
+        in socket buffers and arrive ever later: past STALE_UPLINK_S behind the baseline they are dropped, so
+        the agent hears the caller live instead of seconds late.
         """
         lag = now - timestamp_ms * 0.001
         if lag < self.min_lag:
@@ -476,7 +501,9 @@ class CallerLeg:
             self.settings.observer.started(event)
             self.ledger.on_played = self.settings.observer.heard
         self.log.info(
-            "stream started, agent %s (%s)", caps.name, ", ".join(sorted(event.custom_parameters)) or "no parameters"
+            "stream started, agent %s (%s)",
+            caps.name,
+            ", ".join(sorted(event.custom_parameters)) or "no parameters",
         )
         self.started.set()
 

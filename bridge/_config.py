@@ -21,7 +21,7 @@ from dotenv import dotenv_values
 from bridge._errors import ConfigError
 from bridge._secret import Secret
 from bridge.agents._settings import AGENTS, DeepgramSettings, OpenAISettings
-from bridge._speakr import validate_field
+from bridge.agents.speakr._wire import validate_field
 
 __all__ = ["Config", "Secret", "load_config"]
 
@@ -83,6 +83,13 @@ class Config:
         if self.speakr_ws_url is None:
             return None
         return with_api_key(self.speakr_ws_url, self.speakr_api_key.reveal())
+
+    def secrets(self) -> tuple[Secret, ...]:
+        """Every key, token and password configured: registered with the log scrubber at start."""
+        return (
+            self.speakr_api_key, self.twilio_auth_token, self.bridge_api_token,
+            self.openai.api_key, self.deepgram.api_key,
+        )
 
     def __repr__(self) -> str:
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
@@ -237,7 +244,11 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "BRIDGE_AGENT_STALL_TIMEOUT_S": ("agent_stall_timeout_s", _float_in(0.1, 120.0)),
 }
 
-VARIABLES = tuple(_VARIABLES)
+
+
+#: Every variable ``load_config`` reads (``.env.example`` documents each one; a test holds it to that).
+VARIABLES = (*_VARIABLES, "AGENT_SYSTEM_PROMPT", "OPENAI_API_KEY", "OPENAI_REALTIME_URL", "OPENAI_VOICE",
+             "DEEPGRAM_API_KEY", "DEEPGRAM_AGENT_URL")
 
 
 def load_config(

@@ -4,11 +4,12 @@ Theory of operation
 -------------------
 :func:`run_demo` owns one nursery holding the three parties of a real call, all on 127.0.0.1:
 
-- the agent: the built-in local echo agent (:class:`~bridge._local_agent.LocalAgentServer`, the one ``serve``
-  starts when ``SPEAKR_WS_URL`` is unset), or the agent at ``agent_url``. The demo starts the local agent
-  itself rather than letting the app do it, for two reasons: its speech is paced on the wall clock, so at
-  ``speed`` k its pace must be k times the usual one for the phone to hear it as the app's agent would sound
-  in real time; and its per-session statistics (turns, pauses, continues, clears) go into the summary.
+- the agent: the built-in local echo agent (:class:`~bridge.agents.speakr._local_agent.LocalAgentServer`, the
+  one ``serve`` starts when ``SPEAKR_WS_URL`` is unset), or the agent at ``agent_url``. The demo starts the
+  local agent itself rather than letting the app do it, for two reasons: its speech is paced on the wall
+  clock, so at ``speed`` k its pace must be k times the usual one for the phone to hear it as the app's
+  agent would sound in real time; and its per-session statistics (turns, pauses, continues, clears) go into
+  the summary.
 - the bridge: ``create_app`` served by Hypercorn on a free port, exactly as ``serve`` runs it, with a
   per-run random Twilio auth token, so the signed webhook, the per-call ``bridge_token`` and the signed
   stream upgrade are all exercised (and nobody else on the machine can open a session on it meanwhile).
@@ -48,7 +49,6 @@ import trio
 
 import codec
 from bridge._config import Config, Secret
-from bridge._local_agent import DEFAULT_SPEECH_PACE, LocalAgentServer, SessionStats
 from bridge._metrics import Metrics
 from bridge._server import serve_in_process
 from bridge._simulate import (
@@ -63,6 +63,7 @@ from bridge._simulate import (
     played_s,
 )
 from bridge._vad import TurnDetector, Utterance, frame_levels_dbfs, threshold_dbfs
+from bridge.agents.speakr._local_agent import DEFAULT_SPEECH_PACE, LocalAgentServer, SessionStats
 from bridge.app import STREAM_PATH, create_app
 from bridge.emulators import CallRecord, TwilioCaller
 

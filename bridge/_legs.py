@@ -5,14 +5,15 @@ Theory of operation
 A call joins two legs:
 
 * the **caller leg** (:mod:`bridge._caller`): Twilio's Media Stream. It owns the Twilio socket, the playback
-  ledger (what the caller heard, confirmed by Twilio marks) and the uplink (caller audio re-cut into the agent's
-  frames, held until the agent is ready, queued or sent at once);
+  ledger (what the caller heard, confirmed by Twilio marks) and the uplink (caller audio re-cut into the
+  agent's frames, held until the agent is ready, queued or sent at once);
 * one **agent leg** per backend (:mod:`bridge.agents.speakr`, :mod:`bridge.agents.openai`,
-  :mod:`bridge.agents.deepgram`, :mod:`bridge.agents.cascade`): it owns the agent's socket (or HTTP client) and
-  is the only place that knows the agent's wire.
+  :mod:`bridge.agents.deepgram`, :mod:`bridge.agents.cascade`): it owns the agent's socket (or HTTP client)
+  and is the only place that knows the agent's wire.
 
-The runner (:mod:`bridge._call`) runs the call's three tasks in one nursery: the caller leg's receiver, the agent
-leg's sender (draining the uplink channel) and the agent leg's receiver (:meth:`AgentLeg.run`), plus a supervisor.
+The runner (:mod:`bridge._call`) runs the call's three tasks in one nursery: the caller leg's receiver, the
+agent leg's sender (draining the uplink channel) and the agent leg's receiver (:meth:`AgentLeg.run`), plus a
+supervisor.
 
 What crosses between the legs, and nothing else:
 
@@ -25,8 +26,8 @@ agent -> caller (direct calls on :class:`CallPort`, from the agent's tasks)
     agent audio for a segment (opaque key, may grow, closed when complete); interruptions, hard
     (:meth:`CallPort.clear`) and soft (:meth:`CallPort.pause` / :meth:`CallPort.resume`), each answering with
     :class:`~bridge._ledger.Interrupted` = "segment K was cut after N ms heard"; ready (release held caller
-    audio); transcript text; the agent's VAD saying the caller stopped (for turn latency); end of the call after
-    the audio already sent has played out.
+    audio); transcript text; the agent's VAD saying the caller stopped (for turn latency); end of the call
+    after the audio already sent has played out.
 
 Backends differ by the :class:`Capabilities` their leg declares, never by branches in the runner.
 """
@@ -105,7 +106,8 @@ UplinkItem = bytes | SegmentPlayed | Digit
 
 
 class CallPort(Protocol):
-    """What an agent leg may do to its call (implemented by the caller leg, :class:`bridge._caller.CallerLeg`).
+    """What an agent leg may do to its call (implemented by the caller leg,
+    :class:`bridge._caller.CallerLeg`).
 
     Every method is safe to call from the agent's tasks; none raises for what the caller's side does, except
     :class:`~bridge._errors.CallEnded` from the awaitable ones when the Twilio socket has closed.
@@ -113,11 +115,14 @@ class CallPort(Protocol):
 
     config: Config
     metrics: Metrics
-    log: logging.LoggerAdapter  # type: ignore[type-arg]
     #: Set once Twilio's ``start`` was accepted (and authorized).
     started: trio.Event
     #: Set once the call has a reason to end.
     ended: trio.Event
+
+    @property
+    def log(self) -> logging.LoggerAdapter[Any]:
+        """The call's logger: every line carries the call's ids."""
 
     @property
     def start(self) -> _twilio.Start | None:
@@ -127,21 +132,25 @@ class CallPort(Protocol):
     def parameters(self) -> Mapping[str, str]:
         """The call's custom parameters (empty before ``start``)."""
 
-    async def play(self, key: Hashable, ulaw: bytes, *, close: bool = False) -> None:
+    async def play(
+        self, key: Hashable, ulaw: bytes, *, close: bool = False, received: int | None = None
+    ) -> None:
         """Agent audio (μ-law 8 kHz) for segment ``key``: sent to Twilio now, or held while paused.
 
-        ``close=True``: the segment is complete after this audio. Audio for a segment already cleared is
-        dropped (the rest of an interrupted answer never plays).
+        ``close=True``: the segment is complete after this audio. ``received``: the bytes of audio the agent
+        sent for it, when the leg transcoded them (counted as the agent's; default ``len(ulaw)``). Audio for a
+        segment already cleared is dropped (the rest of an interrupted answer never plays).
         """
 
     async def close_segment(self, key: Hashable) -> None:
         """No more audio comes for ``key``: it is reported (:class:`SegmentPlayed`) once it has all played."""
 
     async def play_tail(self, ulaw: bytes) -> None:
-        """Audio that belongs to no segment (a resampler's last samples), played and waited for like the rest."""
+        """Audio that belongs to no segment (a resampler's tail), played and waited for like the rest."""
 
     async def clear(self) -> list[Interrupted]:
-        """Hard barge-in: Twilio ``clear`` now, every unplayed byte dropped; what each segment had been heard."""
+        """Hard barge-in: Twilio ``clear`` now, every unplayed byte dropped; how much of each segment was
+        heard."""
 
     async def pause(self) -> list[Interrupted]:
         """Soft barge-in: Twilio ``clear`` now, unplayed audio kept aside for :meth:`resume`."""
@@ -172,7 +181,8 @@ class CallPort(Protocol):
         """Bad input from the agent: counted (``protocol_errors{peer=<backend>}``), the first few logged."""
 
     def agent_info(self, kind: str, message: str) -> None:
-        """The agent reported a problem it survived (Speakr ``info``, OpenAI ``error``, Deepgram ``Warning``)."""
+        """The agent reported a problem it survived (Speakr ``info``, OpenAI ``error``, Deepgram
+        ``Warning``)."""
 
     def log_event(self, level: int, key: str, msg: str, *args: Any, errors: bool = False) -> None:
         """Log a line a peer can make us repeat, thinned by kind."""
@@ -181,7 +191,7 @@ class CallPort(Protocol):
         """Record why the call ends (first reason wins) and give it a second to unwind."""
 
     async def finish(self, reason: str) -> None:
-        """The agent is done (its ``end``, or ``end_call``): play out what was sent (bounded), hang up, end."""
+        """The agent is done (its ``end``, or ``end_call``): play out what was sent (bounded), hang up."""
 
     async def give_up(self, reason: str) -> None:
         """End the call now from our side: the caller hears the fallback, the agent socket is closed."""
@@ -197,8 +207,9 @@ class AgentLeg(abc.ABC):
 
     @abc.abstractmethod
     async def run(self) -> None:
-        """The agent receiver task: open the session (bounded, retried), then handle what the agent sends until
-        it ends. Must end the call (``call.finish``/``call.give_up``) when the agent side ends or fails."""
+        """The agent receiver task: open the session (bounded, retried), then handle what the agent sends
+        until it ends. Must end the call (``call.finish``/``call.give_up``) when the agent side ends or
+        fails."""
 
     @abc.abstractmethod
     async def wait_sendable(self) -> bool:
@@ -237,8 +248,8 @@ def _never() -> bool:
 class WebSocketAgentLeg(AgentLeg):
     """An agent reached over one WebSocket: connection with a bound and one retry, clean close, drops.
 
-    Subclasses give :meth:`url` and :meth:`headers`, then :meth:`session` (handshake and receive loop on the open
-    socket). :attr:`ws` is the open socket, :attr:`opened` is set when it opens.
+    Subclasses give :meth:`url` and :meth:`headers`, then :meth:`session` (handshake and receive loop on the
+    open socket). :attr:`ws` is the open socket, :attr:`opened` is set when it opens.
     """
 
     #: Largest agent message: beyond it trio-websocket closes the socket with 1009 (the call then ends).
@@ -296,7 +307,7 @@ class WebSocketAgentLeg(AgentLeg):
             with trio.CancelScope(deadline=trio.current_time() + timeout_s) as connecting:
                 async with trio_websocket.open_websocket_url(
                     self.url(),
-                    extra_headers=self.headers() or None,
+                    extra_headers=[(k.encode(), v.encode()) for k, v in self.headers()] or None,
                     connect_timeout=timeout_s,
                     disconnect_timeout=CLOSE_TIMEOUT_S,
                     max_message_size=self.max_message_bytes,
@@ -307,8 +318,8 @@ class WebSocketAgentLeg(AgentLeg):
                     self.opened.set()
                     # Caught here, inside trio-websocket's block: an exception that leaves it is kept in a
                     # reference cycle (trio's nursery frames) whose traceback holds this call, so every ended
-                    # call waited for a full gc to be freed; and, measured, the call then held its slot for the
-                    # whole CLOSE_TIMEOUT_S after a normal hang-up.
+                    # call waited for a full gc to be freed; and, measured, the call then held its slot for
+                    # the whole CLOSE_TIMEOUT_S after a normal hang-up.
                     try:
                         await self.session(ws)
                     except trio_websocket.ConnectionClosed:

@@ -199,12 +199,12 @@ class Metrics:
         )
         self.turn_latency = Histogram(
             "bridge_turn_latency_seconds",
-            "End of the caller's turn to the agent's first audio: source=bridge (the agent's VAD said the caller "
-            "stopped, to our first audio sent to Twilio) or source=agent (latency the agent reports)",
+            "End of the caller's turn to the agent's first audio: source=bridge (the agent's VAD said the "
+            "caller stopped, to our first audio sent to Twilio) or source=agent (latency the agent reports)",
             ["agent", "source"], buckets=_TURN_BUCKETS, registry=r,
         )
         self.agent_errors = Counter(
-            "bridge_agent_errors", "Errors the agent reported (OpenAI error, Deepgram Error/Warning), by code",
+            "bridge_agent_errors", "Errors the agent reported (OpenAI error, Deepgram Error), by code",
             ["agent", "code"], registry=r,
         )
 

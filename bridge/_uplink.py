@@ -33,10 +33,13 @@ class UplinkFramer:
         preroll_bytes: the most recent audio kept before :meth:`start` (even; 16000 = 1 s).
     """
 
-    __slots__ = ("_buffer", "_dropped_bytes", "_frame_bytes", "_preroll_bytes", "_ready", "_sample_bytes", "_silence")
+    __slots__ = (
+        "_buffer", "_dropped_bytes", "_frame_bytes", "_preroll_bytes", "_ready", "_sample_bytes", "_silence"
+    )
 
     def __init__(
-        self, *, frame_bytes: int = FRAME_BYTES, preroll_bytes: int = DEFAULT_PREROLL_BYTES, silence: bytes = b"\x00"
+        self, *, frame_bytes: int = FRAME_BYTES, preroll_bytes: int = DEFAULT_PREROLL_BYTES, silence: bytes =
+        b"\x00"
     ) -> None:
         # Silence is one sample's bytes repeated: b"\x00" for PCM16 (two bytes a sample), b"\xff" for μ-law.
         self._sample_bytes = 2 if silence == b"\x00" else 1

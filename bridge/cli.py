@@ -105,8 +105,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     import trio
 
     from bridge._config import load_config
-    from bridge._local_agent import run_agent
     from bridge._logging import configure_logging
+    from bridge.agents.speakr._local_agent import run_agent
 
     configure_logging(load_config().log_format)  # the agent's INFO lines show each session's turns
     failure: BaseException | None = None

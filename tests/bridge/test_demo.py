@@ -21,8 +21,8 @@ import trio
 
 import codec
 from bridge._demo import DEFAULT_OUTPUT, run_demo
-from bridge._local_agent import greeting_pcm
 from bridge._simulate import CALL_RATE, InputAudioError, default_hangup_s, load_input
+from bridge.agents.speakr._local_agent import greeting_pcm
 
 SPEED = 4.0
 #: The bundled sample's timeline (bridge/data/AUDIO-LICENSE.txt), seconds of phone time.

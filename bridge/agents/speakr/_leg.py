@@ -8,11 +8,11 @@ audio (:meth:`~bridge._legs.CallPort.ready`). Caller audio arrives already decod
 frames (the leg's capabilities say so) and goes out as binary frames; a segment played in full goes out as
 ``status``.
 
-Downlink: every ``media`` message is one segment keyed ``(session_id, sequence_id)``, closed at once. Its audio
-goes through one resampler for the whole call (:class:`codec.DownlinkEncoder`), never flushed between messages:
-Speakr's messages are one continuous stream cut anywhere, and a gap says nothing about where an answer ends. Its
-held-back tail (the 1.42 ms group delay) is played at ``end`` and dropped at ``clear``. ``pause``/``continue``
-/``clear`` are the soft and hard interruptions, decided by Speakr.
+Downlink: every ``media`` message is one segment keyed ``(session_id, sequence_id)``, closed at once. Its
+audio goes through one resampler for the whole call (:class:`codec.DownlinkEncoder`), never flushed between
+messages: Speakr's messages are one continuous stream cut anywhere, and a gap says nothing about where an
+answer ends. Its held-back tail (the 1.42 ms group delay) is played at ``end`` and dropped at ``clear``.
+``pause``/``continue`` /``clear`` are the soft and hard interruptions, decided by Speakr.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import trio
 import trio_websocket
 
 import codec
-from bridge import _speakr
 from bridge._errors import SpeakrProtocolError
 from bridge._ledger import SegmentPlayed
-from bridge._legs import AgentClosed, Capabilities, CallPort, Digit, UplinkItem, WebSocketAgentLeg
+from bridge._legs import AgentClosed, CallPort, Capabilities, Digit, UplinkItem, WebSocketAgentLeg
+from bridge.agents.speakr import _wire as _speakr
 
 if TYPE_CHECKING:
     from bridge._call import CallSettings
@@ -97,7 +97,9 @@ class SpeakrLeg(WebSocketAgentLeg):
             message = _speakr.status_message(key[0], key[1])
         elif type(item) is Digit:
             # Speakr has no message for a key press: it is logged (and kept in the call's record).
-            self.call.log_event(logging.INFO, "dtmf_unsent", "speakr takes no text: dtmf %s not forwarded", item.digit)
+            self.call.log_event(
+                logging.INFO, "dtmf_unsent", "speakr takes no text: dtmf %s not forwarded", item.digit
+            )
             return
         else:
             return
@@ -126,7 +128,9 @@ class SpeakrLeg(WebSocketAgentLeg):
             if type(event) is _speakr.AgentMedia:
                 if not event.audio:
                     continue  # nothing to play: no mark, no status
-                await play((event.session_id, event.sequence_id), downlink.process(event.audio), close=True)
+                audio = event.audio
+                await play((event.session_id, event.sequence_id), downlink.process(audio), close=True,
+                           received=len(audio))
             elif isinstance(event, _speakr.Initial):
                 call.log_event(logging.INFO, "initial", "speakr initial")
                 self.initial.set()

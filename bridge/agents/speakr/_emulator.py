@@ -30,9 +30,9 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 import trio_websocket
 
-from bridge import _speakr
 from bridge._errors import SpeakrProtocolError
 from bridge._loopback import LoopbackWebSocketServer
+from bridge.agents.speakr import _wire as _speakr
 
 __all__ = [
     "AgentEvent",

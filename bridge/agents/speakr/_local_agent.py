@@ -49,7 +49,6 @@ import trio
 import trio_websocket
 
 import codec
-from bridge import _speakr
 from bridge._errors import SpeakrProtocolError, short_repr
 from bridge._loopback import LoopbackWebSocketServer
 from bridge._vad import (
@@ -62,6 +61,7 @@ from bridge._vad import (
     Utterance,
     VadSettings,
 )
+from bridge.agents.speakr import _wire as _speakr
 
 __all__ = [
     "DEFAULT_AGENT_PORT",

@@ -420,7 +420,9 @@ UNKNOWN_FLOOD = 500
 GARBAGE_FLOOD = 2000
 
 
-async def test_hostile_input_is_counted_and_harmless(nursery):
+async def test_hostile_input_is_counted_and_harmless(nursery, caplog):
+    caplog.set_level(logging.INFO)
+
     async def script(session: dg.DeepgramSession) -> None:
         for frame in BAD_FRAMES:
             await session.send_raw(frame)
@@ -460,4 +462,6 @@ async def test_hostile_input_is_counted_and_harmless(nursery):
     for kind, count in other.items():
         assert errors[kind] == count
     assert bridge.metric("bridge_dropped_total", {"reason": "agent_unknown_type"}) == UNKNOWN_FLOOD
+    for i in range(3):  # each unknown type is logged once
+        assert caplog.text.count(f"unknown type 'FutureMessage{i}' ignored") == 1
     assert bridge.metric("bridge_calls_ended_total", {"reason": "end_call"}) == 1

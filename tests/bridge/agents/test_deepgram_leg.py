@@ -207,6 +207,11 @@ async def test_caller_audio_arrives_byte_exact_and_the_caller_hears_exactly_the_
     assert record.counters.bytes_received == len(session.sent_audio)
     await bridge.wait_idle()
     assert bridge.metric("bridge_barge_in_events_total", {"event": "clear"}) == 0
+    for direction in ("uplink", "downlink"):
+        labels = {"direction": direction}
+        count = bridge.metric("bridge_hop_latency_seconds_count", labels)
+        mean_ms = bridge.metric("bridge_hop_latency_seconds_sum", labels) / count * 1000
+        print(f"{direction} hop: {mean_ms:.3f} ms mean over {count:.0f} frames")
 
 
 async def test_transcripts_and_latencies_of_a_turn(nursery, caplog):

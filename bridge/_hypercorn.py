@@ -57,20 +57,28 @@ def read_timeout_s(config: Config) -> float | None:
 
 
 class BridgeTCPServer(TCPServer):
-    """Hypercorn's trio connection server whose reads enter no cancel scope when no read timeout is set."""
+    """Hypercorn's trio connection server whose reads enter no cancel scope when no read timeout is set.
+
+    A TLS stream or a configured read timeout takes Hypercorn's own read loop, unchanged.
+    """
 
     async def _read_data(self) -> None:
-        if read_timeout_s(self.config) is not None:
+        stream: Any = self.stream  # typed by Hypercorn as its TLS stream; plain when served here
+        if read_timeout_s(self.config) is not None or not isinstance(stream, trio.SocketStream):
             await super()._read_data()
             return
-        # Hypercorn's loop (hypercorn/trio/tcp_server.py, 0.18) without ``fail_after(inf)``; the
-        # TooSlowError it also catches cannot happen here.
+        # Hypercorn's loop (hypercorn/trio/tcp_server.py, 0.18) without ``fail_after(inf)`` (the
+        # TooSlowError it also catches cannot happen here). It reads the plain stream's socket
+        # directly: that is what ``SocketStream.receive_some`` does, inside a generator context
+        # manager turning an ``OSError`` into ``ClosedResourceError`` or ``BrokenResourceError``, which
+        # end the loop alike. ``socket.recv`` returns ``bytes``, so no copy is needed either.
+        recv = stream.socket.recv
         while True:
             try:
-                data = await self.stream.receive_some(MAX_RECV)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                data = await recv(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
                 break
-            await self.protocol.handle(RawData(bytes(data)))
+            await self.protocol.handle(RawData(data))
             if data == b"":
                 break
         await self.protocol.handle(Closed())

@@ -268,12 +268,34 @@ async def test_a_session_that_keeps_pcm_is_refused_and_the_caller_hears_the_fall
     assert bridge.metric("bridge_calls_ended_total", {"reason": "agent_bad_format"}) == 1
 
 
+async def test_a_session_whose_output_format_changes_later_is_given_up(nursery: trio.Nursery) -> None:
+    async def switch(session: oa.RealtimeSession) -> None:
+        await session.wait_updated()
+        await trio.sleep(0.2)
+        audio = {**session.session["audio"], "output": {"format": {"type": "audio/pcm", "rate": 24000}}}
+        changed = {**session.session, "audio": audio}
+        await session.send_raw(svc.session_updated_message(changed))
+
+    server, bridge = await start(nursery, switch)
+    caller = TwilioCaller(stream_url=bridge.stream_url, speed=1.0, max_call_s=10.0)
+    with trio.fail_after(LIMIT_S):
+        rec = await caller.run()
+        await bridge.wait_idle()
+    assert rec.outcome == "bridge_closed" and rec.duration_s < 2.0
+    assert server.sessions[0].append_count > 0  # the session was in use until then
+    assert bridge.metric("bridge_calls_ended_total", {"reason": "agent_bad_format"}) == 1
+
+
 async def test_error_events_are_counted_by_code_and_the_call_goes_on(nursery: trio.Nursery) -> None:
     async def errors(session: oa.RealtimeSession) -> None:
         await session.wait_updated()
         await session.send_error("requests", "rate_limit_exceeded", "Rate limit reached.")
         await session.send_error("invalid_request_error", "made_up_code_1", "A code nobody knows.")
         await session.send_error("invalid_request_error", "made_up_code_2", "Another one.")
+        # A function we never offered: answered as unknown, and the model is asked to go on.
+        await session.send_raw(
+            svc.function_call_arguments_done_message("resp_x", "item_x", "call_x", "transfer", "{}")
+        )
 
     server, bridge = await start(nursery, errors)
     caller = TwilioCaller(stream_url=bridge.stream_url, speed=2.0, hangup_after_s=1.5)
@@ -281,6 +303,9 @@ async def test_error_events_are_counted_by_code_and_the_call_goes_on(nursery: tr
         rec = await caller.run()
         await bridge.wait_idle()
     assert rec.outcome == "hung_up"
+    (session,) = server.sessions
+    assert [(o.call_id, '"ok":false' in o.output) for o in session.function_outputs] == [("call_x", True)]
+    assert session.response_creates == 1
     labels = {"agent": "openai"}
     assert bridge.metric("bridge_agent_errors_total", {**labels, "code": "rate_limit_exceeded"}) == 1
     assert bridge.metric("bridge_agent_errors_total", {**labels, "code": "other"}) == 2  # bounded labels

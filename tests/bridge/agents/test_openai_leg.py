@@ -38,7 +38,8 @@ TOKEN = "api-token-0123456789abcdef"
 SILENCE = 0xFF
 #: Two answers the caller can tell apart byte by byte (μ-law codes, neither of them silence).
 FIRST, SECOND = 0x20, 0x30
-HANDSET_DELAY_S = 0.2
+#: Handsets that play audio at once, and 200 ms after it arrives (the quality bar's case).
+HANDSET_DELAYS_S = (0.0, 0.2)
 TOLERANCE_MS = 40
 
 
@@ -155,7 +156,10 @@ async def test_caller_audio_and_agent_audio_cross_byte_exact_with_both_transcrip
 # ------------------------------------------------------------------------------------------------ barge-in
 
 
-async def test_barge_in_truncates_at_what_a_buffering_handset_played(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("handset_delay_s", HANDSET_DELAYS_S)
+async def test_barge_in_truncates_at_what_a_buffering_handset_played(
+    nursery: trio.Nursery, handset_delay_s: float
+) -> None:
     first = bytes([FIRST]) * 8 * 3000  # 3 s of answer, streamed at twice real time
     second = bytes([SECOND]) * 8 * 1000
     late: list[int] = []
@@ -179,7 +183,7 @@ async def test_barge_in_truncates_at_what_a_buffering_handset_played(nursery: tr
         audio=audio,
         speed=1.0,
         hangup_after_s=5.0,
-        handset_delay_s=HANDSET_DELAY_S,
+        handset_delay_s=handset_delay_s,
     )
     with trio.fail_after(LIMIT_S):
         rec = await caller.run()
@@ -198,7 +202,7 @@ async def test_barge_in_truncates_at_what_a_buffering_handset_played(nursery: tr
     first_sent = next(e.wall_s for e in rec.events_of("media_received") if e.wall_s >= cut.started_wall_s)
     wall_ms = min((truncate.wall_s - first_sent) * 1000, cut.audio_ms)
     print(
-        f"\ntruncation, handset delay {HANDSET_DELAY_S * 1000:.0f} ms: played {played_ms:.0f} ms; "
+        f"\ntruncation, handset delay {handset_delay_s * 1000:.0f} ms: played {played_ms:.0f} ms; "
         f"marks {truncate.audio_end_ms} ms (error {error_ms:+.0f} ms); "
         f"wall clock {wall_ms:.0f} ms (error {wall_ms - played_ms:+.0f} ms)"
     )

@@ -242,7 +242,7 @@ class OpenAILeg(WebSocketAgentLeg):
             return  # nothing was playing: the caller simply took a turn
         call.barge_in("clear")
         for cut in interrupted:
-            if type(cut.key) is str:
+            if type(cut.key) is str and cut.key:  # ours, and a name the service can take back
                 await ws.send_message(truncate_message(cut.key, cut.heard_ms))
                 call.log_event(
                     logging.INFO, "truncate", "openai item %.60s truncated at %d ms (%d ms cleared)",

@@ -272,6 +272,20 @@ async def test_a_session_that_keeps_pcm_is_refused_and_the_caller_hears_the_fall
     assert bridge.metric("bridge_calls_ended_total", {"reason": "agent_bad_format"}) == 1
 
 
+async def test_an_update_the_service_refuses_ends_in_the_fallback(nursery: trio.Nursery) -> None:
+    server, bridge = await start(nursery, refuse_update="invalid_value")
+    caller = TwilioCaller(stream_url=bridge.stream_url, audio=tone_pcm(500), speed=2.0, max_call_s=10.0)
+    with trio.fail_after(LIMIT_S):
+        rec = await caller.run()
+        await bridge.wait_idle()
+    (session,) = server.sessions
+    assert rec.outcome == "bridge_closed" and rec.duration_s < 2.0
+    assert session.refused_updates and session.appended_audio == b""
+    assert bridge.metric("bridge_agent_errors_total", {"agent": "openai", "code": "invalid_value"}) == 1
+    assert bridge.metric("bridge_calls_rejected_total", {"reason": "agent_refused"}) == 1
+    assert bridge.metric("bridge_calls_ended_total", {"reason": "agent_refused"}) == 1
+
+
 async def test_a_session_whose_output_format_changes_later_is_given_up(nursery: trio.Nursery) -> None:
     async def switch(session: oa.RealtimeSession) -> None:
         await session.wait_updated()

@@ -44,15 +44,15 @@ from twilio.request_validator import RequestValidator
 import codec
 from bridge import _twilio
 from bridge._errors import TwilioProtocolError
+from bridge._twilio import SAMPLE_RATE
 from bridge.emulators._phone import SILENCE_ULAW, PhonePlayback
 
 __all__ = ["CallCounters", "CallEvent", "CallRecord", "TwilioCaller"]
 
 log = logging.getLogger("bridge.emulators.caller")
 
-SAMPLE_RATE_HZ: Final = 8000
 FRAME_SAMPLES: Final = 160  # Twilio sends 20 ms of μ-law 8 kHz per media message
-FRAME_S: Final = FRAME_SAMPLES / SAMPLE_RATE_HZ
+FRAME_S: Final = FRAME_SAMPLES / SAMPLE_RATE
 DEFAULT_MAX_CALL_S: Final = 600.0
 # The bridge may send one large media message (Twilio accepts any size); trio-websocket's default is 1 MiB.
 WS_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
@@ -175,7 +175,7 @@ class CallRecord:
         with wave.open(path, "wb") as out:
             out.setnchannels(2)
             out.setsampwidth(2)
-            out.setframerate(SAMPLE_RATE_HZ)
+            out.setframerate(SAMPLE_RATE)
             out.writeframes(frames.tobytes())
 
 
@@ -404,7 +404,7 @@ class _ActiveCall:
         self.caller = caller
         self.rec = rec
         self.ws = ws
-        self.phone = PhonePlayback(start_delay_samples=round(caller.handset_delay_s * SAMPLE_RATE_HZ))
+        self.phone = PhonePlayback(start_delay_samples=round(caller.handset_delay_s * SAMPLE_RATE))
         self.epoch = trio.current_time()
         self._sequence = 0
         self._closing = False  # we are hanging up or dropping: a ConnectionClosed is ours

@@ -43,7 +43,15 @@ import trio
 import trio_websocket
 
 from bridge._errors import CallEnded, DeepgramProtocolError
-from bridge._legs import AgentClosed, CallPort, Capabilities, Digit, UplinkItem, WebSocketAgentLeg, parameter
+from bridge._legs import (
+    AgentClosed,
+    CallPort,
+    Capabilities,
+    Digit,
+    UplinkItem,
+    WebSocketAgentLeg,
+    instructions,
+)
 from bridge._metrics import bounded_label
 from bridge.agents.deepgram import _client_wire as client_wire
 from bridge.agents.deepgram import _wire as wire
@@ -67,20 +75,10 @@ UNKNOWN_TYPES_LOGGED: Final = 16
 END_CALL_RESULT: Final = "The call is ending now."
 #: What a client-side function the bridge never offered gets (the agent must not wait for it forever).
 UNKNOWN_FUNCTION_RESULT: Final = "Error: this function is not available."
+#: The prompt when the configured one is blank.
+DEFAULT_PROMPT: Final = "You are a helpful assistant."
 #: Longest session id (Deepgram's ``request_id``, a UUID) put on the call's log lines.
 MAX_SESSION_ID_CHARS: Final = 64
-
-
-def system_prompt(call: CallPort) -> str:
-    """The call's ``system_prompt`` parameter, else the configured one, plus its ``goal`` when it has one."""
-    params = call.parameters
-    prompt = parameter(params, "system_prompt") or call.config.system_prompt
-    if not prompt.strip():
-        prompt = "You are a helpful assistant."
-    goal = parameter(params, "goal")
-    if goal is not None:
-        prompt = f"{prompt}\n\nYour goal on this call: {goal}"
-    return prompt
 
 
 class DeepgramLeg(WebSocketAgentLeg):
@@ -93,7 +91,9 @@ class DeepgramLeg(WebSocketAgentLeg):
     def __init__(self, call: CallPort, settings: CallSettings) -> None:
         super().__init__(call)
         self.deepgram = call.config.deepgram
-        self.agent_settings = client_wire.AgentSettings(prompt=system_prompt(call))
+        prompt = instructions(call.parameters, call.config.system_prompt)
+        # Deepgram's Settings need a prompt; a blank configured one would make the call fail, not the agent.
+        self.agent_settings = client_wire.AgentSettings(prompt=prompt if prompt.strip() else DEFAULT_PROMPT)
         self.settings_sent = trio.Event()
         self.applied = trio.Event()
         self.keepalives_sent = 0

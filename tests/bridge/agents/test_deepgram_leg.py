@@ -240,13 +240,13 @@ async def test_dtmf_goes_to_the_agent_as_a_user_message(nursery):
 # --- barge-in ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("playout_delay_s", [0.0, 0.2])
-async def test_nothing_of_the_old_answer_plays_after_user_started_speaking(nursery, playout_delay_s):
+@pytest.mark.parametrize("handset_delay_s", [0.0, 0.2])
+async def test_nothing_of_the_old_answer_plays_after_user_started_speaking(nursery, handset_delay_s):
     long, short = 6000, 1500
     agent, bridge = await start(nursery, turns=[dg.Turn(answer_ms=long), dg.Turn(answer_ms=short)])
     # Speak, let the agent answer, interrupt it 1.6 s in, then let the second answer play to its end.
     audio = speech(1000, seed=4) + quiet(2000) + speech(800, seed=5) + quiet(5000)
-    record = await call(bridge, audio=audio, playout_delay_s=playout_delay_s, hangup_after_s=9.0)
+    record = await call(bridge, audio=audio, handset_delay_s=handset_delay_s, hangup_after_s=9.0)
     session = agent.sessions[0]
     first, second = session.answers
     assert first.interrupted and not first.done and second.done

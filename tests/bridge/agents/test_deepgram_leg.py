@@ -156,6 +156,17 @@ async def test_no_audio_before_settings_applied_and_keepalive_while_the_audio_is
     assert 0 < len(sent) - len(received) <= 0.6 * SPEED * 8000 + 160
     assert received == sent[len(sent) - len(received) :]
     await bridge.wait_idle()
+    assert bridge.metric("bridge_dropped_total", {"reason": "uplink_overflow"}) == 0
+
+
+def test_the_uplink_channel_holds_the_held_second_of_any_legs_frames():
+    """Released at once when the agent is ready, the preroll (1 s) must fit in the channel: 50 frames of
+    μ-law for Deepgram and OpenAI; Speakr keeps its 32 items."""
+    from bridge._caller import UPLINK_CHANNEL_ITEMS, uplink_channel_items
+    from bridge.agents.speakr._leg import SpeakrLeg
+
+    assert uplink_channel_items(DeepgramLeg.capabilities) == 50
+    assert uplink_channel_items(SpeakrLeg.capabilities) == UPLINK_CHANNEL_ITEMS == 32
 
 
 async def test_keepalive_while_the_line_is_silent_and_none_while_audio_flows(nursery, monkeypatch):

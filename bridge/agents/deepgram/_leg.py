@@ -18,11 +18,12 @@ has played). An answer still open when the next one starts is closed first.
 
 Barge-in: ``UserStartedSpeaking`` clears Twilio and the ledger when something of an answer is still unplayed
 (the ledger's :meth:`~bridge._ledger.PlaybackLedger.heard_ms` is known only for unfinished segments), and is
-then counted as a ``clear``; a caller who starts speaking while the agent is silent costs nothing. The ledger
-drops later audio of a segment cleared while open; but an answer whose first audio had not arrived yet is
-unknown to the ledger, so the leg itself drops binary audio after the barge-in until a sign of the next answer
-(``AgentStartedSpeaking``, ``AgentThinking``, the caller's ``ConversationText``): nothing of the old answer
-plays after ``UserStartedSpeaking``.
+then counted as a ``clear``; a caller who starts speaking while the agent is silent costs nothing. The answer
+that was being sent is over for the leg: binary audio that still comes is dropped and counted
+(``agent_after_barge_in``) until a sign of the next answer (``AgentStartedSpeaking``, ``AgentThinking``, the
+caller's ``ConversationText``). The ledger would drop late audio under the old key as well (a segment cleared
+while open is dead), but it cannot know an answer whose first audio had not arrived yet: so nothing of the old
+answer plays after ``UserStartedSpeaking``.
 
 Turn latency: Deepgram reports ``total_latency`` in ``AgentStartedSpeaking`` (source ``agent``). The end of
 the caller's turn (:meth:`~bridge._legs.CallPort.caller_stopped`, source ``bridge``) is the first of the
@@ -231,7 +232,8 @@ class DeepgramLeg(WebSocketAgentLeg):
         call = self.call
         self._caller_turn = True
         if self._key is not None:
-            # Whatever else comes of this answer is dropped, by the ledger or (before its first audio) here.
+            # Whatever else comes of this answer is dropped here. The ledger would drop it too under the old
+            # key (a segment cleared while open is dead), but not for an answer whose audio had not begun.
             self._dropping = True
             self._key = None
         if any(call.heard_ms(k) is not None for k in self._live):

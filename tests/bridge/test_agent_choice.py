@@ -115,7 +115,7 @@ def test_outbound_requests_take_agent_and_goal() -> None:
         call_request_from_params("+14155550100", ["agent=watson"])
 
 
-@pytest.mark.parametrize("agent", ["openai"])
+@pytest.mark.parametrize("agent", ["openai", "deepgram"])
 async def test_the_demo_runs_a_healthy_offline_call_with_each_backend(tmp_path: Path, agent: str) -> None:
     with trio.fail_after(60):
         result = await run_demo(output_path=tmp_path / "call.wav", speed=4.0, agent_name=agent)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Final, Self
+from typing import Any, Final, Generic, Self, TypeVar
 
 import trio
 import trio_websocket
 
-__all__ = ["CLOSE_TIMEOUT_S", "LoopbackWebSocketServer", "header"]
+__all__ = ["CLOSE_TIMEOUT_S", "LoopbackWebSocketServer", "SessionServer", "header"]
 
 log = logging.getLogger("bridge.emulators.server")
 
@@ -128,3 +128,34 @@ class LoopbackWebSocketServer:
             self.contained(exc)
         finally:
             await trio.aclose_forcefully(stream)
+
+
+S = TypeVar("S")
+
+
+class SessionServer(LoopbackWebSocketServer, Generic[S]):
+    """A loopback server that keeps one session object per accepted connection, in order, for tests to read.
+
+    :attr:`sessions` lists them; :meth:`wait_for_session` waits for the ``n``-th; :attr:`failed_handshakes`
+    counts connections whose upgrade never finished. Subclasses call :meth:`add_session` when they accept.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sessions: list[S] = []
+        self.failed_handshakes = 0
+        self._sessions_changed = trio.Event()
+
+    def add_session(self, session: S) -> S:
+        self.sessions.append(session)
+        self._sessions_changed.set()
+        self._sessions_changed = trio.Event()
+        return session
+
+    async def wait_for_session(self, n: int = 1) -> S:
+        """Waits until ``n`` connections have been accepted; returns the ``n``-th (1-based)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n!r}")
+        while len(self.sessions) < n:
+            await self._sessions_changed.wait()
+        return self.sessions[n - 1]

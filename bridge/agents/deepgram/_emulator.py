@@ -45,7 +45,7 @@ import trio_websocket
 
 import codec
 from bridge._errors import DeepgramProtocolError
-from bridge._loopback import CLOSE_TIMEOUT_S, LoopbackWebSocketServer, header
+from bridge._loopback import CLOSE_TIMEOUT_S, SessionServer, header
 from bridge.agents.deepgram import _client_wire as client_wire
 from bridge.agents.deepgram import _wire as wire
 
@@ -629,7 +629,7 @@ class DeepgramSession:
             nursery.cancel_scope.cancel()
 
 
-class DeepgramAgentServer(LoopbackWebSocketServer):
+class DeepgramAgentServer(SessionServer[DeepgramSession]):
     """A Deepgram Voice Agent (v1) on loopback, one :class:`DeepgramSession` per connection.
 
     Args:
@@ -688,9 +688,6 @@ class DeepgramAgentServer(LoopbackWebSocketServer):
         self.threshold_dbfs = threshold_dbfs
         self.silence_ms = silence_ms
         self.latencies_s = latencies_s
-        self.sessions: list[DeepgramSession] = []
-        self.failed_handshakes = 0
-        self._sessions_changed = trio.Event()
 
     def __repr__(self) -> str:  # the key stays out of every repr
         return f"DeepgramAgentServer(sessions={len(self.sessions)}, api_key=<redacted>)"
@@ -704,22 +701,12 @@ class DeepgramAgentServer(LoopbackWebSocketServer):
         """The scripted turn ``index`` (0-based); past the end, the last one again."""
         return self.turns[min(index, len(self.turns) - 1)]
 
-    async def wait_for_session(self, n: int = 1) -> DeepgramSession:
-        """Waits until ``n`` connections have arrived; returns the ``n``-th (1-based)."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n!r}")
-        while len(self.sessions) < n:
-            await self._sessions_changed.wait()
-        return self.sessions[n - 1]
-
     async def handle(self, index: int, request: trio_websocket.WebSocketRequest | None) -> None:
         if request is None:
             self.failed_handshakes += 1
             return
         session = DeepgramSession(len(self.sessions), request.path)
-        self.sessions.append(session)
-        self._sessions_changed.set()
-        self._sessions_changed = trio.Event()
+        self.add_session(session)
         try:
             await self._serve_session(request, session)
         except Exception as exc:

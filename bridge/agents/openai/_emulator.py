@@ -48,7 +48,7 @@ import trio_websocket
 
 import codec
 from bridge._errors import OpenAIProtocolError
-from bridge._loopback import CLOSE_TIMEOUT_S, LoopbackWebSocketServer, header
+from bridge._loopback import CLOSE_TIMEOUT_S, SessionServer, header
 from bridge.agents.openai import _service as svc
 from bridge.agents.openai._emulator_data import (
     DEFAULT_PREFIX_PADDING_MS,
@@ -636,7 +636,7 @@ class RealtimeSession:
             nursery.start_soon(self._lifecycle)
 
 
-class OpenAIRealtimeServer(LoopbackWebSocketServer):
+class OpenAIRealtimeServer(SessionServer[RealtimeSession]):
     """An OpenAI Realtime (GA) WebSocket service on loopback, one :class:`RealtimeSession` per connection.
 
     Args:
@@ -703,10 +703,7 @@ class OpenAIRealtimeServer(LoopbackWebSocketServer):
         self.send_session_created = send_session_created
         self.max_session_s = max_session_s
         self.reject_status = reject_status
-        self.sessions: list[RealtimeSession] = []
         self.rejected: list[int] = []  # the HTTP status of each refused upgrade
-        self.failed_handshakes = 0
-        self._sessions_changed = trio.Event()
 
     def __repr__(self) -> str:  # the key is a secret, even a test one
         return f"OpenAIRealtimeServer(port={self._port!r}, sessions={len(self.sessions)})"
@@ -715,14 +712,6 @@ class OpenAIRealtimeServer(LoopbackWebSocketServer):
     def url(self) -> str:
         """The service's WebSocket URL, as ``OPENAI_REALTIME_URL`` takes it."""
         return self.url_for("/v1/realtime?model=gpt-realtime")
-
-    async def wait_for_session(self, n: int = 1) -> RealtimeSession:
-        """Waits until ``n`` connections have been accepted; returns the ``n``-th (1-based)."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n!r}")
-        while len(self.sessions) < n:
-            await self._sessions_changed.wait()
-        return self.sessions[n - 1]
 
     async def handle(self, index: int, request: trio_websocket.WebSocketRequest | None) -> None:
         if request is None:
@@ -738,9 +727,7 @@ class OpenAIRealtimeServer(LoopbackWebSocketServer):
         session = RealtimeSession(len(self.sessions), request.path, self)
         session.authorization_ok = True
         session.beta_header = header(request, "openai-beta")
-        self.sessions.append(session)
-        self._sessions_changed.set()
-        self._sessions_changed = trio.Event()
+        self.add_session(session)
         try:
             try:
                 ws = await request.accept()

@@ -31,7 +31,7 @@ import trio
 import trio_websocket
 
 from bridge._errors import SpeakrProtocolError
-from bridge._loopback import CLOSE_TIMEOUT_S, LoopbackWebSocketServer
+from bridge._loopback import CLOSE_TIMEOUT_S, SessionServer
 from bridge.agents.speakr import _wire as _speakr
 
 __all__ = [
@@ -399,7 +399,7 @@ class AgentSession:
             nursery.start_soon(self._lifecycle, server)
 
 
-class SpeakrAgentServer(LoopbackWebSocketServer):
+class SpeakrAgentServer(SessionServer[AgentSession]):
     """A Speakr-protocol WebSocket server on loopback, one :class:`AgentSession` per connection.
 
     Args:
@@ -440,31 +440,18 @@ class SpeakrAgentServer(LoopbackWebSocketServer):
         self.send_initial = send_initial
         self.send_ready = send_ready
         self.reject_status = reject_status
-        self.sessions: list[AgentSession] = []
-        self.failed_handshakes = 0
-        self._sessions_changed = trio.Event()
 
     @property
     def url(self) -> str:
         """The agent's WebSocket URL, e.g. ``ws://127.0.0.1:PORT/speakr``."""
         return self.url_for("/speakr")
 
-    async def wait_for_session(self, n: int = 1) -> AgentSession:
-        """Waits until ``n`` connections have arrived; returns the ``n``-th (1-based)."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n!r}")
-        while len(self.sessions) < n:
-            await self._sessions_changed.wait()
-        return self.sessions[n - 1]
-
     async def handle(self, index: int, request: trio_websocket.WebSocketRequest | None) -> None:
         if request is None:
             self.failed_handshakes += 1
             return
         session = AgentSession(len(self.sessions), request.path)
-        self.sessions.append(session)
-        self._sessions_changed.set()
-        self._sessions_changed = trio.Event()
+        self.add_session(session)
         try:
             await self._serve_session(request, session)
         except Exception as exc:

@@ -13,6 +13,7 @@ Every system in :data:`SYSTEMS` gets its row: a new agent backend adds its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -23,13 +24,22 @@ import pytest
 import trio
 from _harness import RESULTS_DIR, bridge_argv, bridge_env, machine_line, md_table, write_result
 from _instructions import Counts, System, callgrind_missing, measure, python_argv
+from _load import LeanAgentServer, backend_env
 
 pytestmark = pytest.mark.instructions
 
 BRIDGE: Final = "speakr-bridge"
 NAIVE: Final = "naive relay"
+OPENAI: Final = "bridge, openai (μ-law)"
+DEEPGRAM: Final = "bridge, deepgram (μ-law)"
+
+
+def _bridge_argv(port: int) -> list[str]:
+    return python_argv(*bridge_argv(port)[1:])
+
+
 SYSTEMS: Final = [
-    System(BRIDGE, lambda port: python_argv(*bridge_argv(port)[1:]), bridge_env),
+    System(BRIDGE, _bridge_argv, bridge_env),
     System(
         NAIVE,
         lambda port: python_argv(
@@ -37,8 +47,25 @@ SYSTEMS: Final = [
         ),
         lambda url: {"SPEAKR_WS_URL": url},
     ),
+    # The passthrough backends: the same bridge, AGENT=openai / deepgram, a lean agent of that protocol.
+    System(
+        OPENAI, _bridge_argv, functools.partial(backend_env, "openai"),
+        functools.partial(LeanAgentServer, protocol="openai"),
+    ),
+    System(
+        DEEPGRAM, _bridge_argv, functools.partial(backend_env, "deepgram"),
+        functools.partial(LeanAgentServer, protocol="deepgram"),
+    ),
 ]
 BASELINE_PATH: Final = RESULTS_DIR / "instructions-baseline.json"
+#: The Speakr path's counts on ``main`` before the call runner was split into legs (issue 10: the hot
+#: path's cost per frame before and after the restructuring). Measured once, see :data:`BEFORE_LEGS_HOW`.
+BEFORE_LEGS_PATH: Final = RESULTS_DIR / "instructions-before-legs.json"
+BEFORE_LEGS_HOW: Final = (
+    "`git archive main | tar -x -C /tmp/main` (plus the built codec `.so`), then there "
+    "`INSTRUCTIONS_BASELINE=save PYTHONPATH=/tmp/main pytest benchmarks/test_instructions.py -m "
+    "instructions`; its `instructions-baseline.json`, with the commit named"
+)
 #: The mixed window and its repeat agree within this (the issue's bar for two runs).
 SPREAD_BAR: Final = 0.005
 #: Instructions per call-second on the Speakr path, at most (issue 17: >= 12 % below 37.4 M).
@@ -137,7 +164,11 @@ def report(counts: list[Counts], baseline: dict[str, object] | None) -> str:
         "\n\nInstructions counted by `valgrind --tool=callgrind` in the server process only (user space; the "
         "kernel's socket work is not in them). One call, stepped: 50 Twilio media + 5 agent messages "
         "(100 ms each, with their marks and statuses) per call-second; uplink window 250 media, mixed 500 "
-        "media + 50 agent messages, then the same again (repeat; spread = their difference)."
+        "media + 50 agent messages, then the same again (repeat; spread = their difference). The "
+        "passthrough rows: the same bridge with `AGENT=openai` (caller audio as base64 μ-law "
+        "`input_audio_buffer.append`, agent audio as `response.output_audio.delta`) or `AGENT=deepgram` "
+        "(binary μ-law both ways); their agent messages are 100 ms of μ-law (800 bytes) and they get no "
+        "statuses."
         f"\n\nCommit {_commit()}; {machine_line()}."
     )
     if baseline is not None:
@@ -163,6 +194,25 @@ def report(counts: list[Counts], baseline: dict[str, object] | None) -> str:
                 ["system", "figure", "before", "after", "change"], rows,
                 right=[False, False, True, True, True],
             )
+        )
+    before_legs = json.loads(BEFORE_LEGS_PATH.read_text()) if BEFORE_LEGS_PATH.exists() else None
+    bridge = next((c for c in counts if c.system == BRIDGE), None)
+    if before_legs is not None and bridge is not None:
+        before, now = before_legs["systems"][BRIDGE], _figures(bridge)
+        rows = []
+        for key, label, fmt in (
+            ("per_media", "per Twilio media (the uplink hot path: one 160-byte frame)", _k),
+            ("per_agent", "per agent message", _m),
+            ("per_call_second", "per call-second", _m),
+        ):
+            change = now[key] / before[key] - 1
+            rows.append([label, fmt(before[key]), fmt(now[key]), f"{100 * change:+.1f} %"])
+        text += (
+            "\n\n## The Speakr hot path before and after the leg split (issue 10)\n\n"
+            f"Before: `main` at {before_legs['commit']}, the call runner in one piece ({BEFORE_LEGS_HOW}, "
+            f"`{BEFORE_LEGS_PATH.name}`); after: this run (caller leg + Speakr agent leg).\n\n"
+            + md_table(["figure", "before (main)", "after (legs)", "change"], rows,
+                       right=[False, True, True, True])
         )
     return text + "\n\n" + NOTES
 

@@ -101,6 +101,7 @@ class BridgeState:
             webhook_key=config.bridge_api_token.reveal(),
             registry=self.metrics.registry,
             recordings_dir=config.recordings_dir,
+            default_agent=config.agent,
         )
         self.records.view = self.outbound.shared_view
         self.records.on_held = partial(watch_store, outbound=self.outbound)

@@ -210,6 +210,8 @@ class TwilioCaller:
         drop_after_s: fault: at this phone time cut the TCP connection (RST, no ``stop``, no close frame).
         dtmf: ``(phone_time_s, digit)`` key presses to send as ``dtmf`` events.
         from_number, to_number: the webhook's ``From`` and ``To``.
+        handset_delay_s: phone time a handset buffers audio before it plays it (audio arriving at ``t`` plays
+            from ``t + handset_delay_s`` at the earliest; marks come back that much later too). 0: none.
     """
 
     def __init__(
@@ -234,6 +236,7 @@ class TwilioCaller:
         dtmf: Sequence[tuple[float, str]] = (),
         from_number: str = "+15005550006",
         to_number: str = "+15005550001",
+        handset_delay_s: float = 0.0,
     ) -> None:
         if stream_url is None and webhook_url is None:
             raise ValueError("give stream_url or webhook_url")
@@ -241,7 +244,11 @@ class TwilioCaller:
             raise ValueError(f"speed must be > 0, got {speed!r}")
         if len(audio) % 2:
             raise ValueError(f"audio must be PCM16 (even length), got {len(audio)!r} bytes")
-        for name, value in (("hangup_after_s", hangup_after_s), ("drop_after_s", drop_after_s)):
+        for name, value in (
+            ("hangup_after_s", hangup_after_s),
+            ("drop_after_s", drop_after_s),
+            ("handset_delay_s", handset_delay_s),
+        ):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if not max_call_s > 0:
@@ -267,6 +274,7 @@ class TwilioCaller:
         self.dtmf = sorted(dtmf, key=lambda item: item[0])
         self.from_number = from_number
         self.to_number = to_number
+        self.handset_delay_s = handset_delay_s
         #: Set to make Twilio leave the stream (a REST update redirected the call): ``stop``, then close 1000.
         self.stop_requested = trio.Event()
         self.stop_outcome = "redirected"  # the record's outcome then (``completed_by_api`` for a hang-up)
@@ -396,7 +404,7 @@ class _ActiveCall:
         self.caller = caller
         self.rec = rec
         self.ws = ws
-        self.phone = PhonePlayback()
+        self.phone = PhonePlayback(start_delay_samples=round(caller.handset_delay_s * SAMPLE_RATE_HZ))
         self.epoch = trio.current_time()
         self._sequence = 0
         self._closing = False  # we are hanging up or dropping: a ConnectionClosed is ours

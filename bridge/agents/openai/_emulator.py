@@ -475,6 +475,10 @@ class RealtimeSession:
         self.updates.append(session)
         self.events.append(RealtimeEvent("session.update", trio.current_time()))
         problem = svc.session_update_problem(session)
+        if problem is None and self._server.refuse_update is not None:  # fault: a value the service refuses
+            problem = svc.SessionProblem(
+                self._server.refuse_update, "Invalid value in session.update (scripted fault).", "session"
+            )
         if problem is not None:
             self.refused_updates.append(problem)
             await self.send_error("invalid_request_error", problem.code, problem.message, param=problem.param)
@@ -646,6 +650,8 @@ class OpenAIRealtimeServer(LoopbackWebSocketServer):
         vad_threshold_dbfs: a 20 ms frame above this RMS level is voiced.
         vad_start_ms: voiced audio needed before ``speech_started``.
         keep_output_pcm: fault: ignore the requested output format (the session stays at ``audio/pcm``).
+        refuse_update: fault: answer every ``session.update`` with an ``error`` of this code instead of
+            ``session.updated``, as the service does for a value it does not take (an unknown voice, say).
         send_session_created: fault when false.
         max_session_s: expire each session after this long (``session_expired``), as the service does.
         reject_status: fault: refuse every upgrade with this HTTP status (e.g. 429, 503).
@@ -665,6 +671,7 @@ class OpenAIRealtimeServer(LoopbackWebSocketServer):
         vad_threshold_dbfs: float = -40.0,
         vad_start_ms: int = 60,
         keep_output_pcm: bool = False,
+        refuse_update: str | None = None,
         send_session_created: bool = True,
         max_session_s: float | None = None,
         reject_status: int | None = None,
@@ -693,6 +700,7 @@ class OpenAIRealtimeServer(LoopbackWebSocketServer):
         self.vad_threshold_dbfs = vad_threshold_dbfs
         self.vad_start_ms = vad_start_ms
         self.keep_output_pcm = keep_output_pcm
+        self.refuse_update = refuse_update
         self.send_session_created = send_session_created
         self.max_session_s = max_session_s
         self.reject_status = reject_status

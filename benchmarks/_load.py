@@ -43,6 +43,8 @@ The trio clock (``trio.current_time``) only schedules; it has a random offset an
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import random
 import re
@@ -495,10 +497,21 @@ class LeanAgentServer:
 
     def uplink_expected_bytes(self, frames_sent: int) -> int:
         """Bytes of caller audio the agent must have once ``frames_sent`` Twilio media went out: every
-        complete uplink frame (Speakr: 512 bytes of PCM16 8 kHz; the passthroughs: Twilio's 160 μ-law)."""
+        complete uplink frame (Speakr: 512 bytes of PCM16 8 kHz; the passthroughs: μ-law in the frames
+        their leg declares, ``Capabilities.uplink_frame_bytes``)."""
         if self.protocol == "speakr":
             return (frames_sent * FRAME_SAMPLES * 2 // SPEAKR_FRAME_BYTES) * SPEAKR_FRAME_BYTES
-        return frames_sent * FRAME_SAMPLES
+        frame = self.uplink_frame_bytes
+        return frames_sent * FRAME_SAMPLES // frame * frame
+
+    @functools.cached_property
+    def uplink_frame_bytes(self) -> int:
+        """The bytes per uplink frame the bridge's leg for this protocol declares (its capabilities)."""
+        if self.protocol == "speakr":
+            return SPEAKR_FRAME_BYTES
+        leg = {"openai": "OpenAILeg", "deepgram": "DeepgramLeg"}[self.protocol]
+        module = importlib.import_module(f"bridge.agents.{self.protocol}._leg")
+        return int(getattr(module, leg).capabilities.uplink_frame_bytes)
 
     def bridge_env(self) -> dict[str, str]:
         """The bridge's configuration selecting this agent."""

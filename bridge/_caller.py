@@ -34,7 +34,7 @@ import codec
 from bridge import _twilio
 from bridge._errors import CallEnded, TwilioProtocolError
 from bridge._ledger import Interrupted, PlaybackLedger, SegmentPlayed, SendClear, SendMark, SendMedia
-from bridge._legs import AgentClosed, AgentLeg, Digit, UplinkItem
+from bridge._legs import AgentClosed, AgentLeg, Capabilities, Digit, UplinkItem
 from bridge._metrics import AGENT_INFO_KINDS, bounded_label
 from bridge._uplink import UplinkFramer
 
@@ -44,9 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["CallerLeg"]
 
 #: Uplink channel (caller receiver -> agent sender), in items: frames (20-32 ms each) and the occasional
-#: control item. 32 items is ~1 s of caller audio: enough to ride out an agent hiccup, small enough that a
-#: stalled agent never makes us queue seconds of stale speech. Past it, new audio frames are dropped and
-#: counted (``uplink_overflow``); control items are never dropped.
+#: control item. About 1 s of caller audio, never less than 32 items: enough to ride out an agent hiccup,
+#: small enough that a stalled agent never makes us queue seconds of stale speech. Past it, new audio frames
+#: are dropped and counted (``uplink_overflow``); control items are never dropped. One second is also what the
+#: framer holds until the agent is ready, so the held preroll always fits when it is released: 32 frames of
+#: 512 bytes of PCM, 50 frames of 160 bytes of μ-law (see :func:`uplink_channel_items`).
 UPLINK_CHANNEL_ITEMS = 32
 #: Largest Twilio message we parse (Twilio's are ~300 characters); larger ones are dropped and counted before
 #: any JSON work.
@@ -68,6 +70,12 @@ END_PLAYOUT_GRACE_S = 1.0
 COUNTER_FLUSH_FRAMES = 50
 #: μ-law silence (the code of a zero sample), to pad the last frame of a μ-law uplink.
 ULAW_SILENCE = b"\xff"
+
+
+def uplink_channel_items(caps: Capabilities) -> int:
+    """Items of the uplink channel for an agent's frames: one second of its uplink audio, at least 32."""
+    bytes_per_second = 16000 if caps.uplink_pcm else 8000
+    return max(UPLINK_CHANNEL_ITEMS, math.ceil(bytes_per_second / caps.uplink_frame_bytes))
 
 
 class CallerLeg:
@@ -478,6 +486,10 @@ class CallerLeg:
         self.agent = agent
         caps = agent.capabilities
         self.counters.name_agent(caps.name)
+        items = uplink_channel_items(caps)
+        if items != UPLINK_CHANNEL_ITEMS:
+            # Nothing was queued yet (only the started call queues); the runner reads the channel after start.
+            self.uplink_send, self.uplink_recv = trio.open_memory_channel[tuple[UplinkItem, float]](items)
         self.framer = UplinkFramer(
             frame_bytes=caps.uplink_frame_bytes,
             preroll_bytes=16000 if caps.uplink_pcm else 8000,

@@ -52,8 +52,8 @@ from bridge._config import Config, Secret
 from bridge._metrics import Metrics
 from bridge._server import serve_in_process
 from bridge._simulate import (
-    CALL_RATE,
     SAFETY_MARGIN_S,
+    SAMPLE_RATE,
     InputAudio,
     UsageError,
     default_hangup_s,
@@ -376,7 +376,7 @@ class DemoResult:
             (
                 "input",
                 f"{src.source} ({src.source_rate} Hz, {src.source_channels} ch) → {src.duration_s:.2f} s "
-                f"at {CALL_RATE} Hz",
+                f"at {SAMPLE_RATE} Hz",
             ),
             ("agent", agent),
             (
@@ -411,7 +411,7 @@ class DemoResult:
             ("codec", self.codec_implementation),
             (
                 "recording",
-                f"{self.output_path} (stereo 16-bit {CALL_RATE} Hz: left caller, right what the "
+                f"{self.output_path} (stereo 16-bit {SAMPLE_RATE} Hz: left caller, right what the "
                 "caller heard)",
             ),
             ("result", "healthy" if self.healthy else "UNHEALTHY: " + "; ".join(self.problems)),
@@ -425,7 +425,7 @@ class DemoResult:
 def _first_utterance_end_s(audio: InputAudio) -> float | None:
     """Phone time at which the built-in agent would take the caller's first turn as finished."""
     detector = TurnDetector()
-    for event in detector.feed(audio.pcm + bytes(4 * CALL_RATE)):
+    for event in detector.feed(audio.pcm + bytes(4 * SAMPLE_RATE)):
         if isinstance(event, Utterance):
             return event.time_s
     return None
@@ -455,8 +455,8 @@ def _check(
     if first_turn is None:
         problems.append("no speech found in the input: nothing for the agent to answer")
     else:
-        heard = np.frombuffer(rec.heard_pcm, dtype="<i2")[int(first_turn * CALL_RATE) :]
-        if np.count_nonzero(heard) < MIN_ANSWER_S * CALL_RATE:
+        heard = np.frombuffer(rec.heard_pcm, dtype="<i2")[int(first_turn * SAMPLE_RATE) :]
+        if np.count_nonzero(heard) < MIN_ANSWER_S * SAMPLE_RATE:
             problems.append(
                 f"the agent never answered (nothing heard after the caller's turn at {first_turn:.1f} s)"
             )

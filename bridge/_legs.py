@@ -401,6 +401,15 @@ def writable_probe(ws: trio_websocket.WebSocketConnection) -> Callable[[], bool]
     return writable
 
 
+def instructions(params: Mapping[str, str], default: str) -> str:
+    """The agent's instructions for a call: its ``system_prompt`` (else ``default``), and its ``goal``."""
+    text = parameter(params, "system_prompt") or default
+    goal = parameter(params, "goal")
+    if goal is not None:
+        text = f"{text}\n\nYour goal on this call: {goal.strip()}"
+    return text
+
+
 def parameter(params: Mapping[str, str], name: str) -> str | None:
     """A custom parameter's value, or None when absent or blank."""
     value = params.get(name)

@@ -48,7 +48,7 @@ import trio_websocket
 
 import codec
 from bridge._errors import OpenAIProtocolError
-from bridge._loopback import LoopbackWebSocketServer, header
+from bridge._loopback import CLOSE_TIMEOUT_S, LoopbackWebSocketServer, header
 from bridge.agents.openai import _service as svc
 from bridge.agents.openai._emulator_data import (
     DEFAULT_PREFIX_PADDING_MS,
@@ -72,7 +72,6 @@ log = logging.getLogger("bridge.emulators.openai")
 
 DEFAULT_API_KEY: Final = "sk-emulator-key"
 WS_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # a fault test may send more than trio-websocket's 1 MiB
-CLOSE_TIMEOUT_S: Final = 5.0  # bound on a closing handshake the peer never answers
 SESSION_EXPIRED_MESSAGE: Final = "Your session hit the maximum duration of 60 minutes."
 
 Script = Callable[["RealtimeSession"], Awaitable[None]]

@@ -42,7 +42,7 @@ import trio
 import trio_websocket
 
 from bridge._errors import OpenAIProtocolError
-from bridge._legs import CallPort, Capabilities, Digit, UplinkItem, WebSocketAgentLeg, parameter
+from bridge._legs import CallPort, Capabilities, Digit, UplinkItem, WebSocketAgentLeg, instructions
 from bridge._metrics import bounded_label
 from bridge.agents.openai._handshake import Handshake, HandshakeState
 from bridge.agents.openai._wire import (
@@ -117,12 +117,7 @@ class OpenAILeg(WebSocketAgentLeg):
 
     def instructions(self) -> str:
         """The call's ``system_prompt`` (else the configured one), and its ``goal`` when it has one."""
-        params = self.call.parameters
-        text = parameter(params, "system_prompt") or self.call.config.system_prompt
-        goal = parameter(params, "goal")
-        if goal is not None:
-            text = f"{text}\n\nYour goal on this call: {goal.strip()}"
-        return text
+        return instructions(self.call.parameters, self.call.config.system_prompt)
 
     def url(self) -> str:
         return self.settings.url

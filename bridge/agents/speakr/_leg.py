@@ -26,7 +26,16 @@ import trio_websocket
 import codec
 from bridge._errors import SpeakrProtocolError
 from bridge._ledger import SegmentPlayed
-from bridge._legs import AgentClosed, CallPort, Capabilities, Digit, UplinkItem, WebSocketAgentLeg
+from bridge._legs import (
+    AgentClosed,
+    CallPort,
+    Capabilities,
+    Digit,
+    UplinkItem,
+    WebSocketAgentLeg,
+    instructions,
+    parameter,
+)
 from bridge.agents.speakr import _wire as _speakr
 
 if TYPE_CHECKING:
@@ -65,9 +74,10 @@ class SpeakrLeg(WebSocketAgentLeg):
             threshold=config.threshold,
             system_prompt=config.system_prompt,
         )
-        params, warnings = defaults.with_overrides(
-            {k: v for k, v in self.call.parameters.items() if k not in ("agent", "goal")}
-        )
+        overrides = {k: v for k, v in self.call.parameters.items() if k not in ("agent", "goal")}
+        if parameter(self.call.parameters, "goal") is not None:
+            overrides["system_prompt"] = instructions(self.call.parameters, config.system_prompt)
+        params, warnings = defaults.with_overrides(overrides)
         for warning in warnings:
             self.call.log.warning("custom parameter ignored: %s", warning)
         return params

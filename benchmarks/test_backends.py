@@ -65,6 +65,24 @@ NAMES: Final = {"speakr": "Speakr (PCM16, resampled)", "openai": "OpenAI Realtim
                 "deepgram": "Deepgram Voice Agent (μ-law)"}
 
 
+#: What the runs say beyond the table (measured on the commits named).
+NOTES: Final = """\
+## Why the passthroughs are not cheaper yet, and what would make them so
+
+Both passthrough legs send the agent one message per 20 ms Twilio frame (`uplink_frame_bytes=160`); Speakr
+sends one per 32 ms (512 bytes of PCM16). A send through trio-websocket is most of an uplink message's cost,
+so what the passthroughs save per agent message (no base64 of 4.8 kB of PCM, no resampler: 1.1 M against
+1.6 M instructions) they spend again on 50 agent sends a second instead of 31.25 (instruction counts:
+`instructions.md`, +4.4 % OpenAI, +2.5 % Deepgram per call-second). Measured once with only the two legs'
+`uplink_frame_bytes` set to 320 (40 ms; a scratch copy of this branch
+with the Deepgram leg overlaid, before the i10-legs merge; not committed), same command:
+server CPU per call-second at 50 calls OpenAI 6.53 ms, Deepgram 6.50 ms against Speakr 7.46 ms (0.87x
+each, per-round ratios), at 10 calls 0.97x and 0.96x; instructions 29.4 M and 28.8 M per call-second
+(-10 %, -12 %). Both services take caller audio in any size; the price is up to 20 ms more framing wait
+before a frame goes out (the hop latency above does not include it; Speakr pays 12 ms).
+"""
+
+
 @dataclass(slots=True)
 class Run:
     """One backend, one N, one round."""
@@ -218,7 +236,7 @@ def report(runs: list[Run]) -> str:
             right=[True, False] + [True] * 8,
         )
     )
-    return text
+    return text + "\n\n" + NOTES
 
 
 @pytest.fixture(scope="module")

@@ -114,11 +114,12 @@ NOTES: Final = """\
   (no base64 of 4.8 kB of PCM, no resampler), but their legs send the agent one message per 20 ms
   Twilio frame (`uplink_frame_bytes=160`) where Speakr sends one per 32 ms (512 bytes of PCM16): 50
   agent sends a second instead of 31.25, and a send through trio-websocket (its lock, `send_all`'s
-  yields) is most of an uplink message's cost. Per Twilio media: Speakr 496 k, OpenAI 570 k, Deepgram
-  563 k; per call-second Speakr 32.76 M, OpenAI 34.22 M (+4.5 %), Deepgram 33.56 M (+2.4 %). Measured
-  with only the legs' `uplink_frame_bytes` changed (a scratch copy, not committed): at 256 bytes
-  (32 ms, Speakr's cadence) OpenAI 30.84 M (-5.9 %), Deepgram 30.18 M (-7.9 %), 502 k / 495 k per
-  Twilio media; at 320 bytes (40 ms) 29.42 M (-10.2 %) and 28.83 M (-12.0 %). Both services take
+  yields) is most of an uplink message's cost. Per Twilio media (table above): Speakr 495 k, OpenAI
+  569 k, Deepgram 562 k; per call-second OpenAI +4.4 %, Deepgram +2.5 % against Speakr. Measured with
+  only the legs' `uplink_frame_bytes` changed (a scratch copy of this branch with the Deepgram leg
+  overlaid, before the i10-legs merge; not committed; Speakr 32.76 M in the same session): at 256
+  bytes (32 ms, Speakr's cadence) OpenAI 30.84 M (-5.9 %), Deepgram 30.18 M (-7.9 %), 502 k / 495 k
+  per Twilio media; at 320 bytes (40 ms) 29.42 M (-10.2 %) and 28.83 M (-12.0 %). Both services take
   caller audio in any size; the price is the framing wait (up to 12 or 20 ms more before a frame goes
   out, which the hop latency does not include and Speakr already pays).
 - **Next, within our stack, fewer scheduler passes per message** are mostly not in our code: an uplink

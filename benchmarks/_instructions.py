@@ -16,10 +16,11 @@ same grouping every run:
 * one *step* is 20 ms of phone time: the caller's tick (the marks whose audio has played, and one 160-byte
   media frame, in one write), then, every tenth step in a mixed window, one 100 ms agent ``media``;
 * after every send the driver waits until the server is done with it: every complete 512-byte frame has
-  reached the agent, every mark echoed came back as a status, every agent message came back as Twilio
-  ``media``, and the server's main thread is blocked in ``epoll_wait`` (``/proc/<pid>/syscall``) on two
-  looks in a row. Nothing the server reads is then ever merged with, or split from, the next message by
-  chance; a window ends exactly when its last message's effects are out.
+  reached the agent (the passthrough backends: every μ-law byte), every mark echoed came back as a status
+  (Speakr only: the others are not told), every agent message came back as Twilio ``media``, and the
+  server's main thread is blocked in ``epoll_wait`` (``/proc/<pid>/syscall``) on two looks in a row.
+  Nothing the server reads is then ever merged with, or split from, the next message by chance; a window
+  ends exactly when its last message's effects are out.
 
 The server is ~50x slower under callgrind, so a step takes tens of milliseconds of wall time. The caller's
 Twilio timestamps follow its real sending pace (see ``LeanCaller.tick``), so the bridge's stale-audio rule
@@ -46,7 +47,7 @@ from typing import Final
 
 import trio
 from _harness import ServerProcess, free_port
-from _load import FRAME_SAMPLES, SPEAKR_FRAME_BYTES, LeanAgentServer, LeanCaller, LoadProfile, LoadRun
+from _load import LeanAgentServer, LeanCaller, LoadProfile, LoadRun
 
 __all__ = [
     "CALL_SECOND_MEDIA",
@@ -101,11 +102,12 @@ class System:
 
         agent: the lean agent the server talks to (its ``url`` goes to ``env``).
 
-    A later backend (another agent protocol: OpenAI, Deepgram) adds a System: the bridge's command and
-    environment selecting that backend, and a lean agent for its protocol with the same face as
-    :class:`LeanAgentServer` (``serve``, ``url``, ``poller``, ``run``, and a session per call that links
-    itself as ``caller.agent`` and sends one 100 ms message on ``_media``). The windows and the
-    arithmetic stay the same, and the report gets its row.
+    Each backend is a System: the bridge's command, the environment selecting that backend
+    (``_load.backend_env``) and :class:`LeanAgentServer` speaking its protocol, whose session per call
+    links itself as ``caller.agent`` and sends one 100 ms message on ``_media`` (the passthrough
+    backends open an answer at the first: OpenAI ``response.created``, Deepgram
+    ``AgentStartedSpeaking``, in the warm-up steps, so the counted windows hold audio messages only).
+    The windows and the arithmetic stay the same, and the report gets its row.
     """
 
     name: str
@@ -229,9 +231,10 @@ class _Stepper:
         await self.settle()
 
     def _done(self) -> bool:
-        c, r = self.caller, self.run.result
-        expected = c.frames_sent * FRAME_SAMPLES * 2 // SPEAKR_FRAME_BYTES * SPEAKR_FRAME_BYTES
-        heard_all = r.statuses >= r.marks_echoed and r.twilio_media >= r.agent_media
+        c, r, agent = self.caller, self.run.result, self.agent
+        expected = agent.uplink_expected_bytes(c.frames_sent)
+        statuses = r.statuses >= r.marks_echoed or not agent.reports_played
+        heard_all = statuses and r.twilio_media >= r.agent_media
         return heard_all and c.bytes_at_agent >= expected
 
     async def settle(self) -> None:

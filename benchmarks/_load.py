@@ -29,7 +29,13 @@ Measurements, all on this process's ``time.perf_counter()``:
   arrive, and tiny ``media`` (the resampler's flushed tail) do not consume one. The rest of a turn after a
   ``continue`` is not measured (the bridge replays what the pause cut off).
 * loss: once callers stop talking, every complete 512-byte frame's worth of caller audio must reach the
-  agent (exact byte count per call); a call the server closes is a failure too.
+  agent (exact byte count per call; the passthrough backends: every μ-law byte); a call the server
+  closes is a failure too.
+
+The agent side speaks one backend's wire (:class:`LeanAgentServer` ``protocol``): Speakr, OpenAI Realtime
+or Deepgram Voice Agent, the same script on each (see the class). For the passthrough backends the uplink
+hop is timed from the Twilio frame holding the last μ-law byte the message completed, and the downlink hop
+from the agent's delta (or binary frame) to the caller's ``media`` carrying it.
 
 Every loop is bounded: the run has fixed phases (ramp, settle, window, drain, hang-up) with timeouts.
 The trio clock (``trio.current_time``) only schedules; it has a random offset and never enters a figure.
@@ -37,8 +43,11 @@ The trio clock (``trio.current_time``) only schedules; it has a random offset an
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import random
+import re
 import secrets
 import socket
 import time
@@ -58,6 +67,7 @@ from _harness import (
     OP_TEXT,
     Endpoint,
     Poller,
+    bridge_env,
     client_handshake,
     connect,
     server_handshake,
@@ -67,11 +77,25 @@ from _harness import (
 
 import codec
 from bridge import _twilio
-from bridge._errors import TwilioProtocolError
+from bridge._errors import DeepgramProtocolError, OpenAIProtocolError, TwilioProtocolError
+from bridge.agents.deepgram import _client_wire as _dg_client
+from bridge.agents.deepgram import _wire as _dg
+from bridge.agents.openai import _service as _oai
+from bridge.agents.openai._emulator_data import default_session, merge_session
+from bridge.agents.openai._wire import FORMAT_PCM, FORMAT_PCMU, PCM_RATE
 from bridge.agents.speakr import _wire as _speakr
 from bridge.emulators import PhonePlayback
 
-__all__ = ["LeanAgentServer", "LoadProfile", "LoadResult", "LoadRun", "drive_load", "setup_times"]
+__all__ = [
+    "PROTOCOLS",
+    "backend_env",
+    "LeanAgentServer",
+    "LoadProfile",
+    "LoadResult",
+    "LoadRun",
+    "drive_load",
+    "setup_times",
+]
 
 FRAME_SAMPLES: Final = 160  # Twilio: 20 ms of μ-law 8 kHz per media message
 FRAME_S: Final = 0.02
@@ -94,6 +118,18 @@ def _audio_frames() -> tuple[list[bytes], bytes]:
 
 
 _CALLER_FRAMES, _AGENT_CHUNK = _audio_frames()
+
+
+def _agent_ulaw() -> bytes:
+    """100 ms of μ-law 8 kHz: the passthrough agents' message (the same 220 Hz tone, same duration)."""
+    t = np.arange(800) / 8000
+    return codec.ulaw_encode((3000 * np.sin(2 * np.pi * 220 * t)).astype("<i2").tobytes())
+
+
+_AGENT_ULAW = _agent_ulaw()
+#: The agent protocols the lean agent speaks (the bridge's backends with a socket of their own).
+PROTOCOLS: Final = ("speakr", "openai", "deepgram")
+_BENCH_PROMPT = re.compile(r"bench:[0-9a-f]+:[0-9]+")
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -156,6 +192,8 @@ class LoadResult:
     downlink_sent_samples: int = 0  # agent audio, in 8 kHz samples, whole run
     downlink_heard_samples: int = 0  # played + cleared at the phones, whole run
     protocol_errors: int = 0
+    agent_protocol_errors: int = 0  # client messages the lean service could not read (not Speakr's)
+    truncates: int = 0  # OpenAI conversation.item.truncate received, whole run
     probe_begin: dict[str, float] = field(default_factory=dict)
     probe_end: dict[str, float] = field(default_factory=dict)
     after_drain: dict[str, Any] = field(default_factory=dict)
@@ -166,7 +204,7 @@ class LoadResult:
             f"{self.calls} calls: {self.connected} connected, {self.ready} ready, "
             f"{self.closed_early} closed early {self.connect_errors[:3]}; uplink missing "
             f"{self.uplink_missing_bytes} of {self.uplink_expected_bytes} bytes; "
-            f"protocol errors {self.protocol_errors}"
+            f"protocol errors {self.protocol_errors} (agent side {self.agent_protocol_errors})"
         )
 
     @property
@@ -220,7 +258,7 @@ class LeanCaller:
         self.done = trio.Event()
         self.ready_event = trio.Event()
         self.talk_t0: float | None = None  # perf_counter of the first media frame: the stream clock's 0
-        self.agent: _AgentSession | None = None  # the agent session linked to this call, once ``start``
+        self.agent: _AgentSession | _PassthroughSession | None = None  # its agent session, once linked
         self.epoch = 0  # Twilio clears received
         self.fifo: deque[tuple[int, float, bool]] = deque()  # (epoch, agent send time, in window)
         self.frames_at_agent = 0
@@ -399,11 +437,46 @@ class LeanCaller:
 # ------------------------------------------------------------------------------------------ the agent
 
 
-class LeanAgentServer:
-    """A Speakr-protocol agent for load: ``initial``, ``ready`` at once, scripted speech; counts the rest."""
+def backend_env(protocol: str, agent_url: str) -> dict[str, str]:
+    """The bridge's configuration under test with backend ``protocol`` at ``agent_url``: ``bridge_env``
+    (of ``_harness``, unchanged for Speakr) with ``AGENT`` and the backend's URL and (dummy) key instead."""
+    env = bridge_env(agent_url)
+    if protocol == "openai":
+        del env["SPEAKR_WS_URL"]
+        env |= {"AGENT": "openai", "OPENAI_REALTIME_URL": agent_url, "OPENAI_API_KEY": "sk-bench-lean"}
+    elif protocol == "deepgram":
+        del env["SPEAKR_WS_URL"]
+        env |= {"AGENT": "deepgram", "DEEPGRAM_AGENT_URL": agent_url, "DEEPGRAM_API_KEY": "dg-bench-lean"}
+    return env
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+
+class LeanAgentServer:
+    """A lean agent for load, speaking one backend's wire (``protocol``, one of :data:`PROTOCOLS`).
+
+    ``speakr``: ``initial``, ``ready`` at once on ``start``, scripted ``media`` (100 ms of 24 kHz PCM16),
+    ``pause``/``continue``/``clear``; caller audio arrives as 512-byte PCM16 frames, ``status`` is counted.
+    ``openai`` (Realtime, GA): ``session.created``; the ``session.update`` is checked as the service
+    does and answered with ``session.updated`` reading back ``audio/pcmu`` both ways; speech as
+    ``response.output_audio.delta`` (100 ms of base64 μ-law each) between ``response.created`` and
+    ``response.output_audio.done`` + ``response.done``; a barge-in is the service VAD's
+    ``input_audio_buffer.speech_started`` (the response is cancelled); ``conversation.item.truncate`` is
+    answered with ``conversation.item.truncated``; caller audio arrives as ``input_audio_buffer.append``
+    (base64 μ-law, decoded by the service's parser). ``deepgram`` (Voice Agent v1): ``Welcome``; the
+    ``Settings`` are parsed as strictly as the service does and answered with ``SettingsApplied``; speech
+    as binary μ-law frames (100 ms each) between ``AgentStartedSpeaking`` and ``AgentAudioDone``; a
+    barge-in is ``UserStartedSpeaking``; caller audio arrives as binary frames (counted, never copied).
+
+    Every message is built with the product's own service-side builders (``bridge.agents.*``) and each
+    session links itself to its caller by the ``bench:<run>:<index>`` prompt the caller's ``start``
+    carries (Speakr: ``start.system_prompt``; OpenAI: the session's ``instructions``; Deepgram:
+    ``agent.think.prompt``).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", protocol: str = "speakr") -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.host = host
+        self.protocol = protocol
         self.port = 0
         self.run: LoadRun | None = None
         self.unlinked_sessions = 0
@@ -411,7 +484,38 @@ class LeanAgentServer:
 
     @property
     def url(self) -> str:
+        if self.protocol == "openai":
+            return f"ws://{self.host}:{self.port}/v1/realtime?model=gpt-realtime"
+        if self.protocol == "deepgram":
+            return f"ws://{self.host}:{self.port}/v1/agent/converse"
         return f"ws://{self.host}:{self.port}/speakr"
+
+    @property
+    def reports_played(self) -> bool:
+        """The bridge tells this agent when a segment has played (Speakr ``status``)."""
+        return self.protocol == "speakr"
+
+    def uplink_expected_bytes(self, frames_sent: int) -> int:
+        """Bytes of caller audio the agent must have once ``frames_sent`` Twilio media went out: every
+        complete uplink frame (Speakr: 512 bytes of PCM16 8 kHz; the passthroughs: μ-law in the frames
+        their leg declares, ``Capabilities.uplink_frame_bytes``)."""
+        if self.protocol == "speakr":
+            return (frames_sent * FRAME_SAMPLES * 2 // SPEAKR_FRAME_BYTES) * SPEAKR_FRAME_BYTES
+        frame = self.uplink_frame_bytes
+        return frames_sent * FRAME_SAMPLES // frame * frame
+
+    @functools.cached_property
+    def uplink_frame_bytes(self) -> int:
+        """The bytes per uplink frame the bridge's leg for this protocol declares (its capabilities)."""
+        if self.protocol == "speakr":
+            return SPEAKR_FRAME_BYTES
+        leg = {"openai": "OpenAILeg", "deepgram": "DeepgramLeg"}[self.protocol]
+        module = importlib.import_module(f"bridge.agents.{self.protocol}._leg")
+        return int(getattr(module, leg).capabilities.uplink_frame_bytes)
+
+    def bridge_env(self) -> dict[str, str]:
+        """The bridge's configuration selecting this agent."""
+        return backend_env(self.protocol, self.url)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[LeanAgentServer] = trio.TASK_STATUS_IGNORED
@@ -433,10 +537,17 @@ class LeanAgentServer:
                             conn, _ = listener.accept()
                         except BlockingIOError:
                             break
-                        nursery.start_soon(_AgentSession(self, Endpoint(conn, nursery)).run)
+                        nursery.start_soon(self._session(Endpoint(conn, nursery)).run)
         finally:
             trio.lowlevel.notify_closing(listener)
             listener.close()
+
+    def _session(self, ep: Endpoint) -> _AgentSession | _OpenAISession | _DeepgramSession:
+        if self.protocol == "openai":
+            return _OpenAISession(self, ep)
+        if self.protocol == "deepgram":
+            return _DeepgramSession(self, ep)
+        return _AgentSession(self, ep)
 
 
 class _AgentSession:
@@ -606,6 +717,308 @@ class _AgentSession:
         return False
 
 
+# --------------------------------------------------------------------------- the passthrough agents
+
+
+class _PassthroughSession:
+    """What the OpenAI and Deepgram lean services share: the socket, the caller link, the uplink count, the
+    speech script.
+
+    The script is the Speakr agent's (same random draws per call: the same turns, the same barge-in
+    instants) with what these protocols have: a barge-in is the service's VAD hearing the caller (OpenAI
+    ``speech_started``, Deepgram ``UserStartedSpeaking``), after which the service sends nothing more of
+    that answer; there is no soft pause. The caller's downlink FIFO is emptied at the barge-in (nothing
+    still in flight of that answer is timed; the next answer starts ``listen_s`` later) and entries are
+    tagged with the caller's own clear count, so a clear the bridge sends, or not, never mismatches them.
+    """
+
+    def __init__(self, server: LeanAgentServer, ep: Endpoint) -> None:
+        self.server = server
+        self.ep = ep
+        self.load: LoadRun | None = server.run
+        self.caller: LeanCaller | None = None
+        self.nursery: trio.Nursery | None = None
+        self.closed = trio.Event()
+        self.answers = 0  # answers started
+        self.speaking = False  # an answer is open
+
+    def _send(self, text: str) -> None:
+        self.ep.write(ws_frame(OP_TEXT, text.encode(), masked=False))
+
+    def _greet(self) -> None:
+        """What the service sends once the socket is open."""
+        raise NotImplementedError
+
+    def _on_text(self, payload: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    def _on_binary(self, length: int, now: float) -> None:
+        self._bad()
+
+    def _bad(self) -> None:
+        load = self.caller.run if self.caller is not None else self.load
+        if load is not None:
+            load.result.agent_protocol_errors += 1
+
+    async def run(self) -> None:
+        try:
+            handshaken = False
+            with trio.move_on_after(10.0):
+                await server_handshake(self.ep)
+                handshaken = True
+            if not handshaken:
+                return
+            self._greet()
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                self.server.poller.register(self.ep, self._on_readable)
+                if self.ep.buf:
+                    self._on_readable(time.perf_counter())
+                await self.closed.wait()
+                nursery.cancel_scope.cancel()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.ep.close()
+
+    def _on_readable(self, now: float) -> None:
+        ep = self.ep
+        more = ep.drain()
+        for opcode, payload, length in take_frames(ep.buf):
+            if opcode == OP_TEXT:
+                assert payload is not None
+                self._on_text(payload, now)
+            elif opcode == OP_BINARY:
+                self._on_binary(length, now)
+            elif opcode == OP_CLOSE:
+                ep.write(ws_frame(OP_CLOSE, payload or b"", masked=False))
+                more = False
+                break
+            elif opcode == OP_PING:
+                ep.write(ws_frame(OP_PONG, payload or b"", masked=False))
+        if not more:
+            ep.close()
+            self.closed.set()
+
+    def _link(self, prompt: Any) -> bool:
+        """Find the caller by the ``bench:<run>:<index>`` in the session's prompt; start its script."""
+        load = self.load
+        found = _BENCH_PROMPT.search(prompt) if isinstance(prompt, str) else None
+        caller = load.caller_for(found.group(0)) if load is not None and found is not None else None
+        if caller is None or caller.ready:
+            self.server.unlinked_sessions += 1
+            return False
+        self.caller = caller
+        caller.agent = self
+        t = time.perf_counter()
+        caller.ready = True
+        caller.ready_event.set()
+        run = caller.run
+        run.result.ready += 1
+        run.result.start_to_ready_s.append(t - caller.t_start)
+        if run.result.ready == run.result.calls:
+            run.all_ready.set()
+        if run.profile.speak_s > 0 and self.nursery is not None:
+            self.nursery.start_soon(self._speak, caller)
+        return True
+
+    def _on_audio(self, samples: int, now: float) -> None:
+        """``samples`` more caller samples (8 kHz) arrived: the hop of the last one's Twilio frame."""
+        c = self.caller
+        if c is None:
+            return
+        c.frames_at_agent += 1
+        total = c.bytes_at_agent + samples
+        c.bytes_at_agent = total
+        run = c.run
+        i = (total - 1) // FRAME_SAMPLES
+        sent = c.sent_at
+        if samples <= 0 or i >= len(sent):
+            return
+        if run.measuring:
+            run.result.agent_frames += 1
+            if sent[i] >= run.window_t0:
+                run.result.uplink_s.append(now - sent[i])
+        else:
+            run.settling.append(now - sent[i])
+
+    # --- the script -------------------------------------------------------------------------------
+
+    def _open_answer(self) -> None:
+        raise NotImplementedError
+
+    def _audio(self, ulaw: bytes) -> None:
+        raise NotImplementedError
+
+    def _close_answer(self) -> None:
+        raise NotImplementedError
+
+    def _barge(self) -> None:
+        raise NotImplementedError
+
+    def _media(self, caller: LeanCaller, timed: bool) -> None:
+        """One 100 ms agent message (an answer opens first if none is)."""
+        if not self.speaking:
+            self.speaking = True
+            self.answers += 1
+            self._open_answer()
+        run = caller.run
+        now = time.perf_counter()
+        if timed:
+            caller.fifo.append((caller.epoch, now, run.measuring))
+        self._audio(_AGENT_ULAW)
+        run.result.downlink_sent_samples += len(_AGENT_ULAW)
+        if run.measuring:
+            run.result.agent_media += 1
+
+    async def _speak(self, caller: LeanCaller) -> None:
+        p = caller.run.profile
+        rng = random.Random(caller.index * 7919 + 17)
+        await trio.sleep(rng.uniform(0.0, p.speak_s + p.listen_s))
+        for _ in range(100_000):  # bounded by the run's cancellation long before
+            await self._turn(caller, rng)
+            if p.listen_s > 0:
+                await trio.sleep(p.listen_s)
+
+    async def _turn(self, caller: LeanCaller, rng: random.Random) -> None:
+        p = caller.run.profile
+        count = max(1, round(p.speak_s / p.message_s))
+        barge_at = rng.randrange(count // 4, max(count // 4 + 1, 3 * count // 4))
+        if rng.random() >= p.barge_probability:
+            barge_at = -1
+        rng.random()  # the Speakr script's continue-or-clear draw: the same turns per call, whatever the wire
+        start = trio.current_time()
+        for m in range(count):
+            await trio.sleep_until(start + max(0.0, m * p.message_s - p.lead_s))
+            if m == barge_at:
+                caller.fifo.clear()
+                self.speaking = False
+                self._barge()
+                if caller.run.measuring:
+                    caller.run.result.barge_ins += 1
+                return
+            self._media(caller, timed=True)
+        self.speaking = False
+        self._close_answer()
+
+
+class _OpenAISession(_PassthroughSession):
+    """The Realtime service's side (GA), built with ``bridge.agents.openai._service``."""
+
+    def __init__(self, server: LeanAgentServer, ep: Endpoint) -> None:
+        super().__init__(server, ep)
+        self.session = default_session(0, "gpt-realtime")
+        self.session["id"] = "sess_lean" + secrets.token_hex(6)
+        self.response_id = ""
+        self.item_id = ""
+        self.audio_in_ms = 0.0
+
+    def _greet(self) -> None:
+        self._send(_oai.session_created_message(self.session))
+
+    def _on_text(self, payload: bytes, now: float) -> None:
+        try:
+            event = _oai.parse_client_event(payload.decode("utf-8"))  # bytes would be a binary frame
+        except (OpenAIProtocolError, UnicodeDecodeError):
+            self._bad()
+            return
+        if type(event) is _oai.AppendAudio:  # the hot path
+            n = len(event.audio)
+            self.audio_in_ms += n / 8
+            self._on_audio(n, now)
+        elif type(event) is _oai.SessionUpdate:
+            self._on_session_update(event.session)
+        elif type(event) is _oai.TruncateItem:
+            self._send(_oai.item_truncated_message(event.item_id, event.content_index, event.audio_end_ms))
+            if self.caller is not None:
+                self.caller.run.result.truncates += 1
+        elif type(event) is _oai.Unknown:
+            self._bad()
+
+    def _on_session_update(self, update: dict[str, Any]) -> None:
+        problem = _oai.session_update_problem(update)
+        if problem is not None:
+            self._bad()
+            self._send(
+                _oai.error_message(
+                    "invalid_request_error", problem.code, problem.message, param=problem.param
+                )
+            )
+            return
+        session = self.session
+        merge_session(session, update)
+        for direction in ("input", "output"):  # the service's normalisation (as the emulator's)
+            fmt = session["audio"][direction]["format"]
+            if fmt.get("type") == FORMAT_PCM:
+                fmt["rate"] = PCM_RATE
+            else:
+                fmt.pop("rate", None)
+        self._send(_oai.session_updated_message(session))
+        formats = [session["audio"][d]["format"].get("type") for d in ("input", "output")]
+        if formats != [FORMAT_PCMU, FORMAT_PCMU]:
+            self._bad()  # the bridge would forward static: never linked, the call is not ready
+            return
+        if self.caller is None:
+            self._link(session.get("instructions"))
+
+    def _open_answer(self) -> None:
+        self.response_id = f"resp_lean{self.answers}"
+        self.item_id = f"item_lean{self.answers}"
+        self._send(_oai.response_created_message(self.response_id))
+
+    def _audio(self, ulaw: bytes) -> None:
+        self._send(_oai.audio_delta_message(self.response_id, self.item_id, ulaw))
+
+    def _close_answer(self) -> None:
+        self._send(_oai.audio_done_message(self.response_id, self.item_id))
+        self._send(_oai.response_done_message(self.response_id, "completed"))
+
+    def _barge(self) -> None:
+        self._send(_oai.speech_started_message(round(self.audio_in_ms), f"item_caller{self.answers}"))
+        self._send(
+            _oai.response_done_message(
+                self.response_id, "cancelled", status_details={"type": "cancelled", "reason": "turn_detected"}
+            )
+        )
+
+
+class _DeepgramSession(_PassthroughSession):
+    """The Voice Agent service's side (v1), built with ``bridge.agents.deepgram._wire``."""
+
+    def _greet(self) -> None:
+        self._send(_dg.welcome_message("lean-" + secrets.token_hex(8)))
+
+    def _on_binary(self, length: int, now: float) -> None:
+        self._on_audio(length, now)  # μ-law: one byte a sample; counted, never copied
+
+    def _on_text(self, payload: bytes, now: float) -> None:
+        try:
+            message = _dg_client.parse_client_message(payload.decode("utf-8"))
+        except (DeepgramProtocolError, UnicodeDecodeError):
+            self._bad()
+            return
+        if type(message) is _dg_client.SettingsRequest:
+            formats = [(f.encoding, f.sample_rate) for f in (message.input, message.output)]
+            if formats != [(_dg.ENCODING, _dg.SAMPLE_RATE)] * 2 or self.caller is not None:
+                self._bad()
+                self._send(_dg.error_message("settings refused", "UNPARSABLE_CLIENT_MESSAGE"))
+                return
+            self._send(_dg.settings_applied_message())
+            self._link(message.prompt)
+
+    def _open_answer(self) -> None:
+        self._send(_dg.agent_started_speaking_message(0.5, 0.1, 0.4))
+
+    def _audio(self, ulaw: bytes) -> None:
+        self.ep.write(ws_frame(OP_BINARY, ulaw, masked=False))
+
+    def _close_answer(self) -> None:
+        self._send(_dg.agent_audio_done_message())
+
+    def _barge(self) -> None:
+        self._send(_dg.user_started_speaking_message())
+
+
 # ------------------------------------------------------------------------------------------ driving
 
 
@@ -694,12 +1107,9 @@ async def drive_load(
             cpu1, w1 = os.times(), time.perf_counter()
             result.window_s = w1 - w0
             result.driver_cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-            # --- drain: every complete 512-byte frame's worth of caller audio must reach the agent
+            # --- drain: every complete uplink frame's worth of caller audio must reach the agent
             run.talking = False
-            expected = [
-                (c.frames_sent * FRAME_SAMPLES * 2 // SPEAKR_FRAME_BYTES) * SPEAKR_FRAME_BYTES
-                for c in run.callers
-            ]
+            expected = [agent.uplink_expected_bytes(c.frames_sent) for c in run.callers]
             with trio.move_on_after(profile.drain_timeout_s):
                 # Polling, not an event per call: bounded by the timeout, and cheap at 20 Hz.
                 while any(c.bytes_at_agent < e for c, e in zip(run.callers, expected, strict=True)):  # noqa: ASYNC110

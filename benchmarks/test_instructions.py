@@ -13,6 +13,7 @@ Every system in :data:`SYSTEMS` gets its row: a new agent backend adds its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -23,13 +24,22 @@ import pytest
 import trio
 from _harness import RESULTS_DIR, bridge_argv, bridge_env, machine_line, md_table, write_result
 from _instructions import Counts, System, callgrind_missing, measure, python_argv
+from _load import LeanAgentServer, backend_env
 
 pytestmark = pytest.mark.instructions
 
 BRIDGE: Final = "speakr-bridge"
 NAIVE: Final = "naive relay"
+OPENAI: Final = "bridge, openai (μ-law)"
+DEEPGRAM: Final = "bridge, deepgram (μ-law)"
+
+
+def _bridge_argv(port: int) -> list[str]:
+    return python_argv(*bridge_argv(port)[1:])
+
+
 SYSTEMS: Final = [
-    System(BRIDGE, lambda port: python_argv(*bridge_argv(port)[1:]), bridge_env),
+    System(BRIDGE, _bridge_argv, bridge_env),
     System(
         NAIVE,
         lambda port: python_argv(
@@ -37,8 +47,25 @@ SYSTEMS: Final = [
         ),
         lambda url: {"SPEAKR_WS_URL": url},
     ),
+    # The passthrough backends: the same bridge, AGENT=openai / deepgram, a lean agent of that protocol.
+    System(
+        OPENAI, _bridge_argv, functools.partial(backend_env, "openai"),
+        functools.partial(LeanAgentServer, protocol="openai"),
+    ),
+    System(
+        DEEPGRAM, _bridge_argv, functools.partial(backend_env, "deepgram"),
+        functools.partial(LeanAgentServer, protocol="deepgram"),
+    ),
 ]
 BASELINE_PATH: Final = RESULTS_DIR / "instructions-baseline.json"
+#: The Speakr path's counts on ``main`` before the call runner was split into legs (issue 10: the hot
+#: path's cost per frame before and after the restructuring). Measured once, see :data:`BEFORE_LEGS_HOW`.
+BEFORE_LEGS_PATH: Final = RESULTS_DIR / "instructions-before-legs.json"
+BEFORE_LEGS_HOW: Final = (
+    "`git archive main | tar -x -C /tmp/main` (plus the built codec `.so`), then there "
+    "`INSTRUCTIONS_BASELINE=save PYTHONPATH=/tmp/main pytest benchmarks/test_instructions.py -m "
+    "instructions`; its `instructions-baseline.json`, with the commit named"
+)
 #: The mixed window and its repeat agree within this (the issue's bar for two runs).
 SPREAD_BAR: Final = 0.005
 #: Instructions per call-second on the Speakr path, at most (issue 17: >= 12 % below 37.4 M).
@@ -78,6 +105,23 @@ NOTES: Final = """\
   instructions, 16.7 k per second: three wake-ups of the lease-renewal task (`BridgeState.keep_leases`,
   every 10 s, which does nothing when no call holds a lease), ~170 k each because `trio.sleep` ends by
   raising and unwinding `Cancelled`. That is ~0.05 % of one call-second per second: left as it is.
+- **The leg split (issue 10) left the Speakr hot path where it was:** the table above compares this run
+  with `main` at the merge base. The same pair on the earlier base 29eaaf9 (before Hypercorn's loop was
+  owned): `main` 569.4 k per Twilio media, 1.58 M per agent message, 36.35 M per call-second; the legs
+  on 29eaaf9 570.1 k, 1.57 M, 36.36 M. Within the run-to-run spread (0.1-0.2 %) both times.
+- **The passthrough backends (issue 10) are cheaper per agent message, dearer per caller frame:** an
+  OpenAI delta or a Deepgram binary frame costs 1.15 M / 1.09 M instructions against Speakr's 1.59 M
+  (no base64 of 4.8 kB of PCM, no resampler), but their legs send the agent one message per 20 ms
+  Twilio frame (`uplink_frame_bytes=160`) where Speakr sends one per 32 ms (512 bytes of PCM16): 50
+  agent sends a second instead of 31.25, and a send through trio-websocket (its lock, `send_all`'s
+  yields) is most of an uplink message's cost. Per Twilio media (table above): Speakr 495 k, OpenAI
+  569 k, Deepgram 562 k; per call-second OpenAI +4.4 %, Deepgram +2.5 % against Speakr. Measured with
+  only the legs' `uplink_frame_bytes` changed (a scratch copy of this branch with the Deepgram leg
+  overlaid, before the i10-legs merge; not committed; Speakr 32.76 M in the same session): at 256
+  bytes (32 ms, Speakr's cadence) OpenAI 30.84 M (-5.9 %), Deepgram 30.18 M (-7.9 %), 502 k / 495 k
+  per Twilio media; at 320 bytes (40 ms) 29.42 M (-10.2 %) and 28.83 M (-12.0 %). Both services take
+  caller audio in any size; the price is the framing wait (up to 12 or 20 ms more before a frame goes
+  out, which the hop latency does not include and Speakr already pays).
 - **Next, within our stack, fewer scheduler passes per message** are mostly not in our code: an uplink
   message is a Hypercorn read task wake-up, wsproto parsing, an ASGI app-queue hop into our receiver,
   then trio-websocket's send (its stream lock and `send_all` each yield to the run loop). An agent
@@ -153,7 +197,11 @@ def report(counts: list[Counts], baseline: dict[str, object] | None) -> str:
         "\n\nInstructions counted by `valgrind --tool=callgrind` in the server process only (user space; the "
         "kernel's socket work is not in them). One call, stepped: 50 Twilio media + 5 agent messages "
         "(100 ms each, with their marks and statuses) per call-second; uplink window 250 media, mixed 500 "
-        "media + 50 agent messages, then the same again (repeat; spread = their difference)."
+        "media + 50 agent messages, then the same again (repeat; spread = their difference). The "
+        "passthrough rows: the same bridge with `AGENT=openai` (caller audio as base64 μ-law "
+        "`input_audio_buffer.append`, agent audio as `response.output_audio.delta`) or `AGENT=deepgram` "
+        "(binary μ-law both ways); their agent messages are 100 ms of μ-law (800 bytes) and they get no "
+        "statuses."
         f"\n\nCommit {_commit()}; {machine_line()}."
     )
     if baseline is not None:
@@ -179,6 +227,25 @@ def report(counts: list[Counts], baseline: dict[str, object] | None) -> str:
                 ["system", "figure", "before", "after", "change"], rows,
                 right=[False, False, True, True, True],
             )
+        )
+    before_legs = json.loads(BEFORE_LEGS_PATH.read_text()) if BEFORE_LEGS_PATH.exists() else None
+    bridge = next((c for c in counts if c.system == BRIDGE), None)
+    if before_legs is not None and bridge is not None:
+        before, now = before_legs["systems"][BRIDGE], _figures(bridge)
+        rows = []
+        for key, label, fmt in (
+            ("per_media", "per Twilio media (the uplink hot path: one 160-byte frame)", _k),
+            ("per_agent", "per agent message", _m),
+            ("per_call_second", "per call-second", _m),
+        ):
+            change = now[key] / before[key] - 1
+            rows.append([label, fmt(before[key]), fmt(now[key]), f"{100 * change:+.1f} %"])
+        text += (
+            "\n\n## The Speakr hot path before and after the leg split (issue 10)\n\n"
+            f"Before: `main` at {before_legs['commit']}, the call runner in one piece ({BEFORE_LEGS_HOW}, "
+            f"`{BEFORE_LEGS_PATH.name}`); after: this run (caller leg + Speakr agent leg).\n\n"
+            + md_table(["figure", "before (main)", "after (legs)", "change"], rows,
+                       right=[False, True, True, True])
         )
     return text + "\n\n" + NOTES
 
@@ -209,6 +276,22 @@ def test_every_window_was_carried_without_stale_drops(counts: list[Counts]) -> N
 def test_the_repeat_agrees_with_the_mixed_window(counts: list[Counts]) -> None:
     for c in counts:
         assert c.spread() <= SPREAD_BAR, f"{c.system}: repeat differs by {100 * c.spread():.2f} %"
+
+
+@pytest.mark.xfail(
+    reason="the passthrough legs send one agent message per 20 ms frame: +2-5 % per call-second "
+    "(instructions.md); 32-40 ms uplink frames put them 6-12 % under Speakr",
+    strict=False,
+)
+@pytest.mark.parametrize("system", [OPENAI, DEEPGRAM])
+def test_a_passthrough_backend_costs_fewer_instructions_per_call_second_than_speakr(
+    counts: list[Counts], system: str
+) -> None:
+    bridge = next(c for c in counts if c.system == BRIDGE)
+    mine = next(c for c in counts if c.system == system)
+    assert mine.per_call_second() < bridge.per_call_second(), (
+        f"{system}: {_m(mine.per_call_second())} per call-second, Speakr {_m(bridge.per_call_second())}"
+    )
 
 
 def test_a_call_second_on_the_speakr_path_costs_at_most_33_m_instructions(counts: list[Counts]) -> None:

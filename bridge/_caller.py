@@ -68,8 +68,6 @@ STALE_UPLINK_S = 0.5
 END_PLAYOUT_GRACE_S = 1.0
 #: How often the per-call hot-path counters are folded into the registry.
 COUNTER_FLUSH_FRAMES = 50
-#: μ-law silence (the code of a zero sample), to pad the last frame of a μ-law uplink.
-ULAW_SILENCE = b"\xff"
 
 
 def uplink_channel_items(caps: Capabilities) -> int:
@@ -493,7 +491,7 @@ class CallerLeg:
         self.framer = UplinkFramer(
             frame_bytes=caps.uplink_frame_bytes,
             preroll_bytes=16000 if caps.uplink_pcm else 8000,
-            silence=b"\x00" if caps.uplink_pcm else ULAW_SILENCE,
+            silence=b"\x00" if caps.uplink_pcm else b"",
         )
         self._start = event
         self.t_start = self.last_media = trio.current_time()

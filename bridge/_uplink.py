@@ -41,7 +41,8 @@ class UplinkFramer:
         self, *, frame_bytes: int = FRAME_BYTES, preroll_bytes: int = DEFAULT_PREROLL_BYTES, silence: bytes =
         b"\x00"
     ) -> None:
-        # Silence is one sample's bytes repeated: b"\x00" for PCM16 (two bytes a sample), b"\xff" for μ-law.
+        # Silence is one sample's bytes repeated: b"\x00" for PCM16 (two bytes a sample); b"" for μ-law, one
+        # byte a sample, whose last frame goes out short rather than padded (agents that take any size).
         self._sample_bytes = 2 if silence == b"\x00" else 1
         if frame_bytes < 1 or frame_bytes % self._sample_bytes:
             raise ValueError(f"frame_bytes must be a whole number of samples, not {frame_bytes!r}")
@@ -93,7 +94,8 @@ class UplinkFramer:
         return self._frames()
 
     def finish(self) -> bytes | None:
-        """The call is over: returns the last partial frame padded with zero samples, or None if none.
+        """The call is over: returns the last partial frame padded with silence (``silence=b""``: as it is),
+        or None if none.
 
         Before ``ready`` it returns None: Speakr never asked for audio.
         """

@@ -42,7 +42,15 @@ import trio
 import trio_websocket
 
 from bridge._errors import OpenAIProtocolError
-from bridge._legs import CallPort, Capabilities, Digit, UplinkItem, WebSocketAgentLeg, instructions
+from bridge._legs import (
+    UPLINK_FRAME_BYTES,
+    CallPort,
+    Capabilities,
+    Digit,
+    UplinkItem,
+    WebSocketAgentLeg,
+    instructions,
+)
 from bridge._metrics import bounded_label
 from bridge.agents.openai._handshake import Handshake, HandshakeState
 from bridge.agents.openai._wire import (
@@ -102,7 +110,8 @@ def dtmf_text(digit: str) -> str:
 
 class OpenAILeg(WebSocketAgentLeg):
     capabilities: ClassVar[Capabilities] = Capabilities(
-        name="openai", uplink_pcm=False, uplink_frame_bytes=160, takes_text=True, functions=True
+        name="openai", uplink_pcm=False, uplink_frame_bytes=UPLINK_FRAME_BYTES, takes_text=True,
+        functions=True,
     )
 
     def __init__(self, call: CallPort, settings: CallSettings) -> None:

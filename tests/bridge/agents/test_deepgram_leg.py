@@ -19,6 +19,7 @@ import trio
 
 import codec
 from bridge._config import Config
+from bridge._legs import UPLINK_FRAME_BYTES
 from bridge._secret import Secret
 from bridge._server import serve_in_process
 from bridge.agents import deepgram as dg
@@ -160,12 +161,16 @@ async def test_no_audio_before_settings_applied_and_keepalive_while_the_audio_is
 
 
 def test_the_uplink_channel_holds_the_held_second_of_any_legs_frames():
-    """Released at once when the agent is ready, the preroll (1 s) must fit in the channel: 50 frames of
-    μ-law for Deepgram and OpenAI; Speakr keeps its 32 items."""
+    """Released at once when the agent is ready, the preroll (1 s) must fit in the channel: 32 frames of
+    256 bytes of μ-law for Deepgram and OpenAI (31.25 of them make a second); Speakr keeps its 32 items; a
+    leg with 20 ms frames would get 50."""
+    import dataclasses
+
     from bridge._caller import UPLINK_CHANNEL_ITEMS, uplink_channel_items
     from bridge.agents.speakr._leg import SpeakrLeg
 
-    assert uplink_channel_items(DeepgramLeg.capabilities) == 50
+    assert uplink_channel_items(DeepgramLeg.capabilities) == 32
+    assert uplink_channel_items(dataclasses.replace(DeepgramLeg.capabilities, uplink_frame_bytes=160)) == 50
     assert uplink_channel_items(SpeakrLeg.capabilities) == UPLINK_CHANNEL_ITEMS == 32
 
 
@@ -209,7 +214,9 @@ async def test_caller_audio_arrives_byte_exact_and_the_caller_hears_exactly_the_
     record = await call(bridge, audio=audio, hangup_after_s=4.0)
     session = agent.sessions[0]
     assert session.received_audio == bytes(record.sent_ulaw)
-    assert {f.size for f in session.audio_frames} == {160}
+    # 32 ms messages (the last one short, unpadded): the same cadence as Speakr's frames.
+    assert {f.size for f in session.audio_frames[:-1]} == {UPLINK_FRAME_BYTES}
+    assert 0 < session.audio_frames[-1].size <= UPLINK_FRAME_BYTES
     assert session.audio_before_settings_applied == 0
     # The caller heard the answer, byte for byte, and nothing else.
     assert len(session.answers) == 1 and session.answers[0].done

@@ -278,11 +278,6 @@ def test_the_repeat_agrees_with_the_mixed_window(counts: list[Counts]) -> None:
         assert c.spread() <= SPREAD_BAR, f"{c.system}: repeat differs by {100 * c.spread():.2f} %"
 
 
-@pytest.mark.xfail(
-    reason="the passthrough legs send one agent message per 20 ms frame: +2-5 % per call-second "
-    "(instructions.md); 32-40 ms uplink frames put them 6-12 % under Speakr",
-    strict=False,
-)
 @pytest.mark.parametrize("system", [OPENAI, DEEPGRAM])
 def test_a_passthrough_backend_costs_fewer_instructions_per_call_second_than_speakr(
     counts: list[Counts], system: str

@@ -109,19 +109,15 @@ NOTES: Final = """\
   with `main` at the merge base. The same pair on the earlier base 29eaaf9 (before Hypercorn's loop was
   owned): `main` 569.4 k per Twilio media, 1.58 M per agent message, 36.35 M per call-second; the legs
   on 29eaaf9 570.1 k, 1.57 M, 36.36 M. Within the run-to-run spread (0.1-0.2 %) both times.
-- **The passthrough backends (issue 10) are cheaper per agent message, dearer per caller frame:** an
-  OpenAI delta or a Deepgram binary frame costs 1.15 M / 1.09 M instructions against Speakr's 1.59 M
-  (no base64 of 4.8 kB of PCM, no resampler), but their legs send the agent one message per 20 ms
-  Twilio frame (`uplink_frame_bytes=160`) where Speakr sends one per 32 ms (512 bytes of PCM16): 50
-  agent sends a second instead of 31.25, and a send through trio-websocket (its lock, `send_all`'s
-  yields) is most of an uplink message's cost. Per Twilio media (table above): Speakr 495 k, OpenAI
-  569 k, Deepgram 562 k; per call-second OpenAI +4.4 %, Deepgram +2.5 % against Speakr. Measured with
-  only the legs' `uplink_frame_bytes` changed (a scratch copy of this branch with the Deepgram leg
-  overlaid, before the i10-legs merge; not committed; Speakr 32.76 M in the same session): at 256
-  bytes (32 ms, Speakr's cadence) OpenAI 30.84 M (-5.9 %), Deepgram 30.18 M (-7.9 %), 502 k / 495 k
-  per Twilio media; at 320 bytes (40 ms) 29.42 M (-10.2 %) and 28.83 M (-12.0 %). Both services take
-  caller audio in any size; the price is the framing wait (up to 12 or 20 ms more before a frame goes
-  out, which the hop latency does not include and Speakr already pays).
+- **The passthrough backends (issue 10) cost less than the Speakr path:** an OpenAI delta or a Deepgram
+  binary frame costs 1.14 M / 1.09 M instructions against Speakr's 1.58 M (no base64 of 4.8 kB of PCM, no
+  resampler). Their caller audio goes out in 256-byte messages (32 ms, Speakr's cadence). With one message
+  per 20 ms Twilio frame (`uplink_frame_bytes=160`, the legs' first version) they cost more than Speakr:
+  569 k / 562 k per Twilio media, +4.4 % / +2.5 % per call-second, since a send through trio-websocket
+  (its lock, `send_all`'s yields) is most of an uplink message's cost and 50 sends a second replaced 31.25.
+  At 256 bytes: 501 k / 495 k per Twilio media, 30.75 M / 30.19 M per call-second, -6.0 % / -7.8 % against
+  Speakr's 32.73 M (table above). 320 bytes (40 ms) measured -10 % / -12 %, for 8 ms more framing wait;
+  not taken. Both services take caller audio in any size.
 - **Next, within our stack, fewer scheduler passes per message** are mostly not in our code: an uplink
   message is a Hypercorn read task wake-up, wsproto parsing, an ASGI app-queue hop into our receiver,
   then trio-websocket's send (its stream lock and `send_all` each yield to the run loop). An agent

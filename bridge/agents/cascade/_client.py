@@ -129,7 +129,7 @@ class CascadeClient:
             try:
                 response = await self._client.post(self.settings.stt_url, data=data, files=files)
             except httpx.HTTPError as exc:
-                raise self._transport_error("stt", exc, started=False) from None
+                raise self._transport_error("stt", exc) from None
         if response is None:
             raise CascadeError("stt", "timeout", f"no answer within {self.timeout_s:g} s")
         self._check_status("stt", response.status_code, response.content)
@@ -239,14 +239,14 @@ class CascadeClient:
         key = self.settings.api_key.reveal()
         return text.replace(key, "********") if key else text
 
-    def _transport_error(self, stage: str, exc: httpx.HTTPError, *, started: bool) -> CascadeError:
+    def _transport_error(self, stage: str, exc: httpx.HTTPError) -> CascadeError:
         # The type only: an httpx message may quote the URL, and nothing more is needed to act on it.
         name = type(exc).__name__
         if isinstance(exc, httpx.TimeoutException):
             return CascadeError(stage, "timeout", f"httpx {name}")
-        if started:
-            return CascadeError(stage, "incomplete", f"the stream broke off ({name})")
-        return CascadeError(stage, "connect", f"no answer ({name})")
+        if isinstance(exc, httpx.ConnectError):
+            return CascadeError(stage, "connect", f"no connection ({name})")
+        return CascadeError(stage, "incomplete", f"the answer broke off ({name})")
 
 
 class _Stream:
@@ -271,7 +271,7 @@ class _Stream:
             try:
                 self._response = await owner._client.send(request, stream=True)
             except httpx.HTTPError as exc:
-                raise owner._transport_error(stage, exc, started=False) from None
+                raise owner._transport_error(stage, exc) from None
         response = self._response
         if response is None:
             raise CascadeError(stage, "timeout", f"no answer within {owner.timeout_s:g} s")
@@ -306,7 +306,7 @@ class _Stream:
                 try:
                     chunk = await raw.__anext__()
                 except httpx.HTTPError as exc:
-                    raise owner._transport_error(stage, exc, started=True) from None
+                    raise owner._transport_error(stage, exc) from None
             if chunk is None:
                 detail = "the stream stalled" if stall else f"the stream lasted over {owner.max_stream_s:g} s"
                 raise CascadeError(stage, "timeout", detail)

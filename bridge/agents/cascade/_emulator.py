@@ -212,7 +212,10 @@ class CascadeServer:
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
         self._base_url = None
-        return bool(await self._manager.__aexit__(exc_type, exc, tb))
+        # The body's own exception goes on as it is (not wrapped in the nursery's ExceptionGroup): the
+        # nursery is told of none, and only a failure of the server's own tasks comes out of it.
+        await self._manager.__aexit__(None, None, None)
+        return False
 
     # ------------------------------------------------------------------------------------------- scripting
 
@@ -224,11 +227,15 @@ class CascadeServer:
 
     async def wait_for_requests(self, stage: str, count: int) -> None:
         """Waits until ``count`` requests of ``stage`` have been recorded (bound it with ``fail_after``)."""
-        records: list[Any] = {
-            "stt": self.stt_requests,
-            "llm": self.chat_requests,
-            "tts": self.speech_requests,
-        }[stage]
+        if stage not in FAULTS:
+            raise ValueError(f"unknown stage {stage!r}")
+        records: Sequence[object] = (
+            self.stt_requests
+            if stage == "stt"
+            else self.chat_requests
+            if stage == "llm"
+            else self.speech_requests
+        )
         while len(records) < count:
             await self._changed.wait()
 

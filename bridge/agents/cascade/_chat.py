@@ -65,6 +65,7 @@ class ChatStreamDecoder:
         self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
         self.finish_reason: str | None = None
         self.finished = False
+        self.said = False  # any text or tool call so far
 
     def feed(self, data: str) -> list[ChatEvent]:
         """Decodes one chunk.
@@ -95,6 +96,7 @@ class ChatStreamDecoder:
             content = delta.get("content")
             if isinstance(content, str) and content:
                 out.append(TextDelta(content))
+                self.said = True
             elif content is not None and not isinstance(content, str):
                 raise _bad(f"content that is not text: {short_repr(content)}")
             tool_calls = delta.get("tool_calls")
@@ -109,11 +111,18 @@ class ChatStreamDecoder:
         return out
 
     def end(self) -> list[ChatEvent]:
-        """The stream's ``[DONE]`` arrived: any tool calls not yet finished, then :class:`ChatDone`."""
+        """The stream's ``[DONE]`` arrived: any tool calls not yet finished, then :class:`ChatDone`.
+
+        Raises:
+            CascadeError: ``empty``, an answer with neither text nor a tool call; ``malformed``.
+        """
         if self.finished:
             return []
         self.finished = True
-        return [*self._finish_calls(), ChatDone(self.finish_reason)]
+        calls = self._finish_calls()
+        if not self.said:
+            raise CascadeError("llm", "empty", "an answer with no text and no tool call")
+        return [*calls, ChatDone(self.finish_reason)]
 
     def _tool_pieces(self, tool_calls: Any) -> None:
         if not isinstance(tool_calls, list):
@@ -149,6 +158,7 @@ class ChatStreamDecoder:
             if not isinstance(parsed, dict):
                 raise _bad(f"tool call arguments that are not an object: {short_repr(arguments)}")
             out.append(ToolCall(call_id, name, parsed))
+            self.said = True
         self._calls.clear()
         return out
 

@@ -38,10 +38,10 @@ import orjson
 import trio
 
 from bridge._errors import short_repr
-from bridge.agents.cascade._chat import ChatDone, ChatEvent, ChatStreamDecoder, TextDelta, ToolCall
+from bridge.agents.cascade._chat import ChatEvent, ChatStreamDecoder
 from bridge.agents.cascade._errors import CascadeError
 from bridge.agents.cascade._settings import CascadeSettings
-from bridge.agents.cascade._sse import SseDone, SseParser
+from bridge.agents.cascade._sse import SseDone, SseEvent, SseParser
 
 __all__ = ["DEFAULT_MAX_STREAM_S", "CascadeClient"]
 
@@ -171,20 +171,16 @@ class CascadeClient:
             body["max_completion_tokens"] = max_tokens
         parser = SseParser("llm")
         decoder = ChatStreamDecoder()
-        said = False
         async with self._open_stream("llm", self.settings.llm_url, body, "text/event-stream") as chunks:
             async for chunk in chunks:
-                for event in parser.feed(chunk):
-                    found = decoder.end() if isinstance(event, SseDone) else decoder.feed(event.data)
-                    for item in found:
-                        if isinstance(item, TextDelta | ToolCall):
-                            said = True
-                        elif isinstance(item, ChatDone) and not said:
-                            raise CascadeError("llm", "empty", "an answer with no text and no tool call")
-                        yield item
+                for item in _decode(decoder, parser.feed(chunk)):
+                    yield item
                 if parser.done:
                     return
-        raise CascadeError("llm", "incomplete", "the stream ended without [DONE]")
+        for item in _decode(decoder, parser.end()):  # a CR line break held at the very end
+            yield item
+        if not parser.done:
+            raise CascadeError("llm", "incomplete", "the stream ended without [DONE]")
 
     # ------------------------------------------------------------------------------------------------ tts
 
@@ -325,6 +321,13 @@ class _Stream:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._close()
+
+
+def _decode(decoder: ChatStreamDecoder, events: list[SseEvent | SseDone]) -> list[ChatEvent]:
+    out: list[ChatEvent] = []
+    for event in events:
+        out += decoder.end() if isinstance(event, SseDone) else decoder.feed(event.data)
+    return out
 
 
 def _error_message(content: bytes) -> str:

@@ -87,6 +87,18 @@ class SseParser:
             raise CascadeError(self._stage, "malformed", f"an event-stream line over {MAX_LINE_BYTES} bytes")
         return out
 
+    def end(self) -> list[SseEvent | SseDone]:
+        """The body ended: a CR held at the very end was a line break; an event not ended by a blank line
+        is dropped, as the standard says (the caller decides whether a stream without ``[DONE]`` is an
+        error)."""
+        out: list[SseEvent | SseDone] = []
+        if self._buffer.endswith(b"\r") and not self.done:
+            self._buffer += b"\n"
+            out = self.feed(b"")
+        self._buffer.clear()
+        self._data, self._event = [], ""
+        return out
+
     def _line(self, raw: bytes, out: list[SseEvent | SseDone]) -> None:
         if len(raw) > MAX_LINE_BYTES:
             raise CascadeError(self._stage, "malformed", f"an event-stream line over {MAX_LINE_BYTES} bytes")

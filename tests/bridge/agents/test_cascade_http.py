@@ -69,7 +69,9 @@ def tone(ms: int, rate: int = 16000) -> bytes:
     return (3000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
 
 
-async def collect_chat(client: CascadeClient, messages: list[dict[str, object]], **kw: object) -> list[ChatEvent]:
+async def collect_chat(
+    client: CascadeClient, messages: list[dict[str, object]], **kw: object
+) -> list[ChatEvent]:
     out: list[ChatEvent] = []
     async with aclosing(client.chat_stream(messages, **kw)) as events:  # type: ignore[arg-type]
         async for event in events:
@@ -89,19 +91,25 @@ async def collect_speech(client: CascadeClient, text: str) -> bytes:
 USER = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 
 
-# ----------------------------------------------------------------------------------------------- transcription
+# --------------------------------------------------------------------------------------------- transcription
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
 async def test_transcription_returns_the_scripted_text_and_records_the_wav(rate: int) -> None:
     with trio.fail_after(TIMEOUT_S):
-        async with CascadeServer(transcripts=["I'd like two pizzas."]) as server, client_for(server) as client:
+        async with (
+            CascadeServer(transcripts=["I'd like two pizzas."]) as server,
+            client_for(server) as client,
+        ):
             text = await client.transcribe(encode_wav(tone(700, rate), rate), language="en")
     assert text == "I'd like two pizzas."
     (request,) = server.stt_requests
     assert (request.status, request.rate, request.model, request.language) == (
-        200, rate, "gpt-4o-mini-transcribe", "en",
-    )  # fmt: skip
+        200,
+        rate,
+        "gpt-4o-mini-transcribe",
+        "en",
+    )
     assert request.duration_ms == pytest.approx(700, abs=1)
     assert request.pcm == tone(700, rate)
 
@@ -145,12 +153,21 @@ async def test_the_emulator_refuses_a_wav_that_is_not_8_or_16_khz_mono_pcm16() -
 
 @pytest.mark.parametrize(
     ("fault", "kind"),
-    [("429", "rate_limited"), ("500", "http_5xx"), ("400", "http_4xx"), ("malformed", "malformed"),
-     ("cut", "incomplete"), ("stall", "timeout")],
-)  # fmt: skip
+    [
+        ("429", "rate_limited"),
+        ("500", "http_5xx"),
+        ("400", "http_4xx"),
+        ("malformed", "malformed"),
+        ("cut", "incomplete"),
+        ("stall", "timeout"),
+    ],
+)
 async def test_transcription_failures_have_their_kind(fault: str, kind: str) -> None:
     with trio.fail_after(TIMEOUT_S):
-        async with CascadeServer(transcripts=["never"]) as server, client_for(server, timeout_s=0.5) as client:
+        async with (
+            CascadeServer(transcripts=["never"]) as server,
+            client_for(server, timeout_s=0.5) as client,
+        ):
             server.fail_next("stt", fault)
             with pytest.raises(CascadeError) as caught:
                 await client.transcribe(encode_wav(tone(200), 16000))
@@ -188,8 +205,10 @@ async def test_every_endpoint_refuses_a_missing_or_wrong_key_without_echoing_it(
                         await attempt
                     errors.append(caught.value)
     assert [(e.stage, e.kind, e.status) for e in errors] == [
-        ("stt", "http_4xx", 401), ("llm", "http_4xx", 401), ("tts", "http_4xx", 401),
-    ]  # fmt: skip
+        ("stt", "http_4xx", 401),
+        ("llm", "http_4xx", 401),
+        ("tts", "http_4xx", 401),
+    ]
     assert server.unauthorized == 3
     for error in errors:
         assert key not in str(error) or not key
@@ -223,7 +242,11 @@ async def test_chat_streams_the_reply_token_by_token_and_records_the_history() -
     assert request.messages[1]["content"] == "Two large pepperonis, please."
     splitter = SentenceSplitter()
     sentences = [s for d in deltas for s in splitter.feed(d)] + splitter.flush()
-    assert sentences == ["Sure, Mr. Smith.", "Two large pepperonis cost 3.5 dollars more each!", "Anything else?"]
+    assert sentences == [
+        "Sure, Mr. Smith.",
+        "Two large pepperonis cost 3.5 dollars more each!",
+        "Anything else?",
+    ]
 
 
 async def test_chat_pacing_first_token_then_tokens_per_second() -> None:
@@ -254,7 +277,9 @@ async def test_end_call_arrives_as_a_whole_tool_call_when_offered() -> None:
     assert len(calls) == 1 and calls[0].name == "end_call" and calls[0].call_id.startswith("call_")
     assert calls[0].arguments == {"achieved": True, "summary": "2 pizzas"}
     assert events[-1] == ChatDone("tool_calls")
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Great, your order is placed. Goodbye!"
+    assert (
+        "".join(e.text for e in events if isinstance(e, TextDelta)) == "Great, your order is placed. Goodbye!"
+    )
     assert server.chat_requests[0].tools == ("end_call",)
     # Not offered: a real model cannot call it.
     assert not [e for e in without_tool if isinstance(e, ToolCall)] and without_tool[-1] == ChatDone("stop")
@@ -265,19 +290,30 @@ async def test_a_tool_call_alone_is_a_reply() -> None:
         async with CascadeServer(replies=[ChatReply.end_call(achieved=False, summary="refused")]) as server:
             async with client_for(server) as client:
                 events = await collect_chat(client, USER, tools=[END_CALL_TOOL])
-    assert events == [ToolCall(events[0].call_id, "end_call", {"achieved": False, "summary": "refused"}),  # type: ignore[union-attr]
-                      ChatDone("tool_calls")]  # fmt: skip
+    assert events == [
+        ToolCall(events[0].call_id, "end_call", {"achieved": False, "summary": "refused"}),  # type: ignore[union-attr]
+        ChatDone("tool_calls"),
+    ]
 
 
 @pytest.mark.parametrize(
     ("fault", "kind"),
-    [("429", "rate_limited"), ("500", "http_5xx"), ("400", "http_4xx"), ("cut", "incomplete"),
-     ("malformed", "malformed"), ("malformed_sse", "malformed"), ("error_event", "http_5xx"),
-     ("stall", "timeout")],
-)  # fmt: skip
+    [
+        ("429", "rate_limited"),
+        ("500", "http_5xx"),
+        ("400", "http_4xx"),
+        ("cut", "incomplete"),
+        ("malformed", "malformed"),
+        ("malformed_sse", "malformed"),
+        ("error_event", "http_5xx"),
+        ("stall", "timeout"),
+    ],
+)
 async def test_chat_failures_have_their_kind(fault: str, kind: str) -> None:
     with trio.fail_after(TIMEOUT_S):
-        async with CascadeServer(replies=["A fine answer that is long enough to be cut halfway, surely."] * 2) as server:
+        async with CascadeServer(
+            replies=["A fine answer that is long enough to be cut halfway, surely."] * 2
+        ) as server:
             async with client_for(server, timeout_s=0.5) as client:
                 server.fail_next("llm", fault)
                 received: list[ChatEvent] = []
@@ -323,7 +359,10 @@ async def test_an_empty_answer_is_the_empty_kind() -> None:
 async def test_cancelling_a_stream_closes_its_request_at_once() -> None:
     # A barge-in cancels the scope running the stream: the client must not wait for the rest.
     with trio.fail_after(TIMEOUT_S):
-        async with CascadeServer(replies=["word " * 200], tokens_per_s=20) as server, client_for(server) as client:
+        async with (
+            CascadeServer(replies=["word " * 200], tokens_per_s=20) as server,
+            client_for(server) as client,
+        ):
             got = 0
             with trio.move_on_after(0.3):
                 async with aclosing(client.chat_stream(USER)) as events:
@@ -345,7 +384,11 @@ async def test_the_emulator_refuses_a_bad_chat_request() -> None:
                         {"model": "m", "messages": []},
                         {"messages": [{"role": "user", "content": "x"}]},
                         {"model": "m", "messages": [{"role": "robot", "content": "x"}]},
-                        {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "x"}]},
+                        {
+                            "model": "m",
+                            "messages": [{"role": "user", "content": "x"}],
+                            "tools": [{"type": "x"}],
+                        },
                     )
                 ]
                 answer = await http.post(server.llm_url, json={"model": "m", "messages": USER})
@@ -370,8 +413,11 @@ async def test_speech_streams_deterministic_pcm_in_chunks() -> None:
     assert len(first) / 2 / SPEECH_RATE * 1000 == pytest.approx(speech_ms(text), abs=1)
     (request, _) = server.speech_requests
     assert (request.model, request.voice, request.input, request.response_format) == (
-        "gpt-4o-mini-tts", "alloy", text, "pcm",
-    )  # fmt: skip
+        "gpt-4o-mini-tts",
+        "alloy",
+        text,
+        "pcm",
+    )
 
 
 async def test_speech_first_byte_latency_and_realtime_pacing() -> None:
@@ -392,9 +438,16 @@ async def test_speech_first_byte_latency_and_realtime_pacing() -> None:
 
 @pytest.mark.parametrize(
     ("fault", "kind"),
-    [("429", "rate_limited"), ("500", "http_5xx"), ("400", "http_4xx"), ("cut", "incomplete"),
-     ("malformed", "malformed"), ("empty", "empty"), ("stall", "timeout")],
-)  # fmt: skip
+    [
+        ("429", "rate_limited"),
+        ("500", "http_5xx"),
+        ("400", "http_4xx"),
+        ("cut", "incomplete"),
+        ("malformed", "malformed"),
+        ("empty", "empty"),
+        ("stall", "timeout"),
+    ],
+)
 async def test_speech_failures_have_their_kind(fault: str, kind: str) -> None:
     with trio.fail_after(TIMEOUT_S):
         async with CascadeServer(tts_chunk_ms=20) as server, client_for(server, timeout_s=0.5) as client:
@@ -445,4 +498,4 @@ async def test_a_local_server_without_a_key() -> None:
         async with CascadeServer(api_key=None, replies=["Hello!"]) as server:
             async with CascadeClient(replace(settings_for(server), api_key=Secret(""))) as client:
                 events = await collect_chat(client, USER)
-    assert events[0] == TextDelta("Hello") or "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello!"
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello!"

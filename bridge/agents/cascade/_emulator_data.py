@@ -23,10 +23,10 @@ FAULTS: Final[Mapping[str, frozenset[str]]] = {
     "stt": frozenset({"400", "429", "500", "stall", "malformed", "cut"}),
     # cut: half the tokens, then the connection closes (no [DONE]); malformed: a chunk that is not JSON;
     # malformed_sse: a line that is not an event-stream line; error_event: an error object inside the
-    # stream; stall: headers, then nothing.
+    # stream; stall: as for stt (a stall inside a stream is scripted with a slow tokens_per_s).
     "llm": frozenset({"400", "429", "500", "stall", "cut", "malformed", "malformed_sse", "error_event"}),
     # cut: half the audio, then the connection closes; malformed: an odd number of PCM16 bytes;
-    # empty: a 200 with no audio; stall: headers, then nothing.
+    # empty: a 200 with no audio; stall: as for stt.
     "tts": frozenset({"400", "429", "500", "stall", "cut", "malformed", "empty"}),
 }
 

@@ -7,6 +7,7 @@ out as one :class:`CascadeError` with the right stage and kind, never with the k
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
@@ -499,3 +500,22 @@ async def test_a_local_server_without_a_key() -> None:
             async with CascadeClient(replace(settings_for(server), api_key=Secret(""))) as client:
                 events = await collect_chat(client, USER)
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello!"
+
+
+async def test_no_log_line_carries_the_key(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with trio.fail_after(TIMEOUT_S):
+        async with CascadeServer(transcripts=["Hello."]) as server, client_for(server) as client:
+            await client.transcribe(encode_wav(tone(200), 16000))
+            await collect_chat(client, USER)
+            await collect_speech(client, "Hello.")
+            server.fail_next("llm", "cut")
+            with pytest.raises(CascadeError):
+                await collect_chat(client, USER)
+        async with CascadeServer() as server, client_for(server, timeout_s=0.3) as client:
+            server.fail_next("tts", "stall")
+            with pytest.raises(CascadeError):
+                await collect_speech(client, "Hello.")
+    assert caplog.records  # httpx and the emulator did log
+    assert DEFAULT_API_KEY not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -168,7 +168,9 @@ class CascadeClient:
         if temperature is not None:
             body["temperature"] = temperature
         if max_tokens is not None:
-            body["max_completion_tokens"] = max_tokens
+            # ``max_tokens``, not OpenAI's newer ``max_completion_tokens``: Ollama and older vLLM only know
+            # the former, and OpenAI still takes it for the chat models a phone agent uses.
+            body["max_tokens"] = max_tokens
         parser = SseParser("llm")
         decoder = ChatStreamDecoder()
         async with self._open_stream("llm", self.settings.llm_url, body, "text/event-stream") as chunks:

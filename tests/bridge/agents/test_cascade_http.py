@@ -519,3 +519,28 @@ async def test_no_log_line_carries_the_key(caplog: pytest.LogCaptureFixture) -> 
     assert caplog.records  # httpx and the emulator did log
     assert DEFAULT_API_KEY not in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_the_model_is_given_only_what_the_caller_heard_of_an_interrupted_answer() -> None:
+    from bridge.agents.cascade import SpokenSentence, split_sentences
+
+    answer = "Sure, two large pepperonis. That will be twenty dollars and fifty cents. Anything else?"
+    with trio.fail_after(TIMEOUT_S):
+        async with (
+            CascadeServer(replies=[answer, "Okay, three then."]) as server,
+            client_for(server) as client,
+        ):
+            conversation = Conversation("Take pizza orders.")
+            conversation.add_user("Two pepperonis.")
+            events = await collect_chat(client, conversation.messages())
+            said = "".join(e.text for e in events if isinstance(e, TextDelta))
+            spoken = [SpokenSentence(s, speech_ms(s)) for s in split_sentences(said)]
+            heard_ms = spoken[0].audio_ms + spoken[1].audio_ms // 2  # cut halfway through sentence 2
+            conversation.add_interrupted(spoken, heard_ms)
+            conversation.add_user("Make it three.")
+            await collect_chat(client, conversation.messages())
+    history = server.chat_requests[1].messages
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "user"]
+    heard = history[2]["content"]
+    assert heard.startswith("Sure, two large pepperonis. That will be") and "fifty" not in heard
+    assert "Anything else?" not in heard

@@ -35,6 +35,7 @@ from bridge.agents.cascade import (
     WavAudio,
     encode_wav,
     speech_ms,
+    split_sentences,
     synthesize,
 )
 
@@ -522,7 +523,7 @@ async def test_no_log_line_carries_the_key(caplog: pytest.LogCaptureFixture) -> 
 
 
 async def test_the_model_is_given_only_what_the_caller_heard_of_an_interrupted_answer() -> None:
-    from bridge.agents.cascade import SpokenSentence, split_sentences
+    from bridge.agents.cascade import SpokenSentence
 
     answer = "Sure, two large pepperonis. That will be twenty dollars and fifty cents. Anything else?"
     with trio.fail_after(TIMEOUT_S):
@@ -544,3 +545,33 @@ async def test_the_model_is_given_only_what_the_caller_heard_of_an_interrupted_a
     heard = history[2]["content"]
     assert heard.startswith("Sure, two large pepperonis. That will be") and "fifty" not in heard
     assert "Anything else?" not in heard
+
+
+async def test_speech_of_one_sentence_overlaps_the_chat_stream_on_one_client() -> None:
+    # The leg speaks sentence 1 while the model still writes sentence 2: both requests at once, one client.
+    answer = "First sentence here. Second sentence follows slowly. Third one ends it."
+    with trio.fail_after(TIMEOUT_S):
+        async with (
+            CascadeServer(replies=[answer], tokens_per_s=20, tts_first_byte_s=0.05) as server,
+            client_for(server) as client,
+        ):
+            audio: dict[str, bytes] = {}
+            stamps: dict[str, float] = {}
+
+            async def speak(sentence: str) -> None:
+                audio[sentence] = await collect_speech(client, sentence)
+                stamps[sentence] = trio.current_time()
+
+            splitter = SentenceSplitter()
+            async with trio.open_nursery() as nursery:
+                async with aclosing(client.chat_stream(USER)) as events:
+                    async for event in events:
+                        if isinstance(event, TextDelta):
+                            for sentence in splitter.feed(event.text):
+                                nursery.start_soon(speak, sentence)
+                chat_done = trio.current_time()
+                for sentence in splitter.flush():
+                    nursery.start_soon(speak, sentence)
+    assert set(audio) == set(split_sentences(answer))
+    assert all(audio[s] == synthesize(s) for s in audio)
+    assert stamps["First sentence here."] < chat_done  # its speech finished while the chat still streamed

@@ -29,15 +29,22 @@ from dataclasses import dataclass, field, fields
 from typing import Final
 from urllib.parse import urlsplit
 
-from bridge._config import Secret
 from bridge._errors import ConfigError
+from bridge._secret import Secret
 
-__all__ = ["DEFAULT_LLM_URL", "DEFAULT_STT_URL", "DEFAULT_TTS_URL", "CascadeSettings"]
+__all__ = ["CASCADE_VARIABLES", "DEFAULT_LLM_URL", "DEFAULT_STT_URL", "DEFAULT_TTS_URL", "CascadeSettings"]
 
 DEFAULT_STT_URL: Final = "https://api.openai.com/v1/audio/transcriptions"
 DEFAULT_LLM_URL: Final = "https://api.openai.com/v1/chat/completions"
 DEFAULT_TTS_URL: Final = "https://api.openai.com/v1/audio/speech"
 _OPENAI_HOST: Final = "api.openai.com"
+#: Every variable :meth:`CascadeSettings.from_env` reads (``OPENAI_API_KEY`` is the configuration's own).
+CASCADE_VARIABLES: Final = (
+    "CASCADE_STT_URL", "CASCADE_LLM_URL", "CASCADE_TTS_URL", "CASCADE_STT_MODEL", "CASCADE_LLM_MODEL",
+    "CASCADE_TTS_MODEL", "CASCADE_TTS_VOICE", "CASCADE_API_KEY", "CASCADE_STT_RATE",
+    "CASCADE_REQUEST_TIMEOUT_S", "CASCADE_IDLE_CHECKIN_S", "CASCADE_IDLE_HANGUP_S", "CASCADE_MAX_CALL_S",
+    "CASCADE_LLM_EARLY_START",
+)
 
 
 def _url(var: str, raw: str) -> str:
@@ -108,8 +115,11 @@ class CascadeSettings:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s!r}")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> CascadeSettings:
+    def from_env(cls, env: Mapping[str, str], *, require_key: bool = True) -> CascadeSettings:
         """Reads ``CASCADE_*`` (and ``OPENAI_API_KEY`` as the key's fallback) from ``env``.
+
+        ``require_key``: refuse OpenAI's endpoints without a key (the configuration asks it only when
+        ``AGENT=cascade``; a call that picks the cascade without one meets a counted, spoken 401).
 
         Raises:
             ConfigError: a value cannot be used; names the variable, never echoes the key.
@@ -155,7 +165,7 @@ class CascadeSettings:
             raise ConfigError(key_var, f"{key_var} must be one token without spaces (value not shown)")
         values["api_key"] = Secret(key)
         settings = cls(**values)  # type: ignore[arg-type]
-        if not key:
+        if not key and require_key:
             for name in ("stt_url", "llm_url", "tts_url"):
                 if urlsplit(getattr(settings, name)).hostname == _OPENAI_HOST:
                     raise ConfigError(

@@ -29,7 +29,7 @@ message with the key scrubbed out.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -153,7 +153,7 @@ class CascadeClient:
         *,
         temperature: float | None = None,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[ChatEvent]:
+    ) -> AsyncGenerator[ChatEvent, None]:
         """The answer to ``messages`` as it streams: :class:`TextDelta`, then :class:`ToolCall`s, then one
         :class:`ChatDone`.
 
@@ -186,7 +186,9 @@ class CascadeClient:
 
     # ------------------------------------------------------------------------------------------------ tts
 
-    async def speech_stream(self, text: str, *, instructions: str | None = None) -> AsyncIterator[bytes]:
+    async def speech_stream(
+        self, text: str, *, instructions: str | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """The speech of ``text`` as it streams: PCM16 LE mono 24 kHz, each chunk a whole number of samples.
 
         Raises:

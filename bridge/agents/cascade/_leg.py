@@ -443,6 +443,7 @@ class CascadeLeg(AgentLeg):
             spoken.append(SpokenSentence(sentence.text if sentence.spoken else "", max(audio_ms, heard)))
             heard_total += heard
         turn.stats.interrupted = True
+        turn.stats.agent_text = " ".join(s.text for s in turn.sentences if s.spoken)
         turn.scope.cancel()
         if self.turn is turn:
             self.turn = None
@@ -455,6 +456,8 @@ class CascadeLeg(AgentLeg):
                 turn.stats.heard_text = ""
                 return
             if turn.user_text:
+                self._caller_said(turn)
+                self.pending_user = ""
                 conversation.add_user(turn.user_text)
             heard_text = conversation.add_interrupted(spoken, heard_total)
             turn.stats.heard_text = heard_text
@@ -466,6 +469,8 @@ class CascadeLeg(AgentLeg):
 
     async def run(self) -> None:
         call = self.call
+        if call.start is not None:
+            self.stats.call_sid = call.start.call_sid
         try:
             async with CascadeClient(self.settings) as client:
                 self.client = client
@@ -533,6 +538,7 @@ class CascadeLeg(AgentLeg):
                 if turn.sentences:
                     with trio.move_on_after(turn.unplayed_ms() / 1000 + PLAYOUT_GRACE_S):
                         await turn.played.wait()
+                self._commit(turn)
         except CallEnded as exc:
             self.call.end(exc.reason)
             self._end(exc.reason, finish=False)
@@ -573,24 +579,26 @@ class CascadeLeg(AgentLeg):
                 else:
                     await self._think(turn, messages, send_sentences)
         await turn.go.wait()
-        if not turn.scope.cancel_called:
-            await call.play_tail(encoder.flush())
+        await call.play_tail(encoder.flush())
         turn.all_sent = True
         turn.check_played()
-        # Said in full: into the history, both sides into the transcript.
+
+    def _commit(self, turn: _Turn) -> None:
+        """The answer was said in full: into the history, both sides into the transcript; ``end_call``."""
+        call = self.call
+        self._caller_said(turn)
         if turn.user_text:
             self.pending_user = ""
-            call.transcript("caller", turn.user_text)
-            turn.stats.user_text = turn.user_text
         said = " ".join(s.text for s in turn.sentences if s.spoken)
         turn.stats.agent_text = said
-        if not turn.committed:
-            turn.committed = True
-            if turn.user_text:
-                self.conversation.add_user(turn.user_text)
-            if said:
-                self.conversation.add_assistant(said)
-                call.transcript("agent", said)
+        if turn.committed:
+            return
+        turn.committed = True
+        if turn.user_text:
+            self.conversation.add_user(turn.user_text)
+        if said:
+            self.conversation.add_assistant(said)
+            call.transcript("agent", said)
         tool = turn.tool
         if tool is not None and tool.name == "end_call":
             achieved = tool.arguments.get("achieved")
@@ -601,6 +609,12 @@ class CascadeLeg(AgentLeg):
             call.outcome(achieved_ok, summary_text)
             self.conversation.add_tool_call(tool.call_id, tool.name, tool.arguments, "the call ends now")
             turn.then_end = "end_call"
+
+    def _caller_said(self, turn: _Turn) -> None:
+        """The caller's words, into the transcript once their answer is heard (or was said in full)."""
+        if turn.user_text and not turn.stats.user_text:
+            turn.stats.user_text = turn.user_text
+            self.call.transcript("caller", turn.user_text)
 
     async def _transcribe(self, turn: _Turn) -> str | None:
         assert self.client is not None
@@ -716,6 +730,7 @@ class CascadeLeg(AgentLeg):
         await turn.go.wait()
         if turn.stats.first_audio_ms is None:
             turn.stats.first_audio_ms = turn.ms(trio.current_time())
+            self._caller_said(turn)
         sentence.ulaw_bytes += len(ulaw)
         await self.call.play(sentence.key, ulaw, received=received)
 

@@ -114,6 +114,7 @@ async def cascade_call(
     n: int = 1,
     server: Mapping[str, Any] | None = None,
     faults: Sequence[tuple[str, str, int]] = (),
+    caller: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> Call:
     """One call through a fresh bridge to a fresh cascade emulator; returns once the call's record exists."""
@@ -133,7 +134,7 @@ async def cascade_call(
             with trio.fail_after(LIMIT_S):
                 record = await TwilioCaller(
                     stream_url=bridge.stream_url, audio=audio, hangup_after_s=hangup_after_s,
-                    custom_parameters=dict(params or {}), call_sid=sid(n),
+                    custom_parameters=dict(params or {}), call_sid=sid(n), **(caller or {}),
                 ).run()
                 await bridge.wait_idle()
                 async with httpx.AsyncClient(base_url=bridge.base_url, timeout=10) as client:
@@ -277,3 +278,117 @@ async def test_an_interruption_clears_cancels_and_the_next_request_holds_only_wh
     spoken = [r.input for r in call.server.speech_requests]
     assert "The vegetarian has peppers, onions and olives." not in spoken
     assert call.stats.turns[-1].agent_text == "One pepperoni coming up."
+
+
+# ------------------------------------------------------------------------------- silence and time limits
+
+
+async def test_a_silent_caller_gets_a_check_in_then_a_goodbye_and_the_call_ends_on_time() -> None:
+    checkin_s, hangup_s = 1.5, 1.5
+    call = await cascade_call(
+        audio=b"",
+        params={"greeting": "Hi.", "idle_checkin_s": str(checkin_s), "idle_hangup_s": str(hangup_s)},
+        server={"ms_per_char": 40},
+    )
+    spoken = [r.input for r in call.server.speech_requests]
+    assert spoken == ["Hi.", CHECKIN, *split_sentences(IDLE_GOODBYE)]
+    greeting, checkin, goodbye = call.audible(min_gap_s=0.5)
+    print(f"\n[idle] check-in {checkin[0] - greeting[1]:.2f} s after the greeting ended, goodbye "
+          f"{goodbye[0] - checkin[1]:.2f} s after the check-in ended")
+    # On time: the quiet runs from when the agent's words finished playing (marks), plus the TTS's answer.
+    assert checkin_s <= checkin[0] - greeting[1] <= checkin_s + 0.25
+    assert hangup_s <= goodbye[0] - checkin[1] <= hangup_s + 0.25
+    assert call.record.outcome == "bridge_closed" and call.view["end_reason"] == "idle_timeout"
+    assert call.record.duration_s <= goodbye[1] + 1.0  # hung up once the goodbye had played
+    assert [t["role"] for t in call.view["transcript"]] == ["agent", "agent", "agent"]
+    assert call.stats.checkins == 1
+
+
+async def test_caller_speech_resets_the_idle_timer() -> None:
+    call = await cascade_call(
+        audio=track((1.5, 0.6, 3)),
+        transcripts=["Hello?"],
+        replies=["Yes, I'm here."],
+        params={"greeting": "Hi.", "idle_checkin_s": "2.5", "idle_hangup_s": "1"},
+        hangup_after_s=6.0,
+    )
+    assert CHECKIN not in [r.input for r in call.server.speech_requests]
+    assert call.view["end_reason"] == "twilio_stop"
+
+
+async def test_the_longest_call_ends_politely() -> None:
+    call = await cascade_call(
+        audio=b"",
+        params={"greeting": LONG, "max_call_s": "2"},
+        server={"ms_per_char": 40},
+    )
+    assert call.view["end_reason"] == "max_duration"
+    assert [r.input for r in call.server.speech_requests][-2:] == split_sentences(
+        "We've reached the time limit for this call. Thank you, and goodbye!"
+    )
+    assert call.view["barge_ins"] == {}  # the answer in progress was cleared by us, not by the caller
+    assert call.audible()[-1][1] <= call.record.duration_s
+
+
+# --------------------------------------------------------------------------------------- goal and end_call
+
+GOAL = "Order 2 large pepperoni pizzas for delivery to 12 Oak Street."
+
+
+async def test_a_goal_call_ends_with_end_call_and_its_outcome_in_the_record() -> None:
+    summary = "Ordered 2 large pepperonis, delivery in 30 minutes."
+    call = await cascade_call(
+        audio=track((4.0, 1.0, 4)),
+        transcripts=["Sure, that's 30 dollars, it'll be there in 30 minutes."],
+        replies=[
+            "Hi, I'd like to order two large pepperoni pizzas for delivery, please.",
+            ChatReply.end_call("Great, thank you. Goodbye!", achieved=True, summary=summary),
+        ],
+        params={"goal": GOAL},
+        server={"ms_per_char": 40},
+    )
+    first = call.server.chat_requests[0]
+    assert first.messages[0]["role"] == "system" and GOAL in first.messages[0]["content"]
+    assert len(first.messages) == 1 and first.tools == ("end_call",)  # the first words are the model's
+    assert call.view["outcome"] == {"achieved": True, "summary": summary}
+    assert call.view["end_reason"] == "end_call" and call.record.outcome == "bridge_closed"
+    assert [(t["role"], t["text"]) for t in call.view["transcript"]] == [
+        ("agent", "Hi, I'd like to order two large pepperoni pizzas for delivery, please."),
+        ("caller", "Sure, that's 30 dollars, it'll be there in 30 minutes."),
+        ("agent", "Great, thank you. Goodbye!"),
+    ]
+    # The goodbye played to its end before the hang-up.
+    goodbye_ms = speech_ms("Great, thank you.") + speech_ms("Goodbye!")
+    assert call.audible()[-1][1] - call.audible()[-1][0] >= goodbye_ms / 1000 * 0.6
+
+
+async def test_a_key_press_is_a_user_message() -> None:
+    call = await cascade_call(
+        audio=b"", params={"greeting": "Hi."}, replies=["Five, noted."], hangup_after_s=4.0,
+        caller={"dtmf": [(2.0, "5")]},
+    )
+    users = [m["content"] for r in call.server.chat_requests for m in r.messages if m["role"] == "user"]
+    assert users == ["(The caller pressed 5 on the keypad.)"]
+    assert [r.input for r in call.server.speech_requests] == ["Hi.", "Five, noted."]
+
+
+# ------------------------------------------------------------------------------------- early start, thrown away
+
+
+async def test_an_early_answer_is_thrown_away_when_the_caller_goes_on() -> None:
+    # A 600 ms pause: past the likely end (400 ms), short of the end of turn (1000 ms).
+    call = await cascade_call(
+        audio=track((1.5, 0.8, 5), (2.9, 0.8, 6)),
+        transcripts=["I want", "I want a large pizza."],
+        replies=["Which one?", "A large pizza, sure."],
+        params={"greeting": "Hi."},
+        hangup_after_s=7.0,
+        server={"stt_latency_s": 0.1},
+    )
+    assert call.stats.early_discarded == 1 and call.stats.early_used == 1
+    assert call.metric("bridge_cascade_early_starts_total", {"outcome": "discarded"}) == 1
+    users = [m["content"] for m in call.server.chat_requests[-1].messages if m["role"] == "user"]
+    assert users == ["I want a large pizza."]
+    assert [t["text"] for t in call.view["transcript"] if t["role"] == "caller"] == ["I want a large pizza."]
+    spoken_after = [t["text"] for t in call.view["transcript"] if t["role"] == "agent"]
+    assert spoken_after == ["Hi.", "A large pizza, sure."]

@@ -558,10 +558,9 @@ class CascadeLeg(AgentLeg):
         assert self.client is not None
         messages: list[dict[str, Any]] | None = None
         if turn.kind == "reply":
-            text = await self._transcribe(turn)
-            if text is None:
-                return
-            turn.user_text = f"{self.pending_user} {text}".strip()
+            text = await self._transcribe(turn)  # None: it failed, and the turn now says an apology
+            if text is not None:
+                turn.user_text = f"{self.pending_user} {text}".strip()
         elif turn.kind == "text":
             turn.user_text = f"{self.pending_user} {turn.text}".strip()
         if turn.kind in ("reply", "text", "opening"):

@@ -115,6 +115,7 @@ async def cascade_call(
     server: Mapping[str, Any] | None = None,
     faults: Sequence[tuple[str, str, int]] = (),
     caller: Mapping[str, Any] | None = None,
+    api_key_override: str | None = None,
     **settings: Any,
 ) -> Call:
     """One call through a fresh bridge to a fresh cascade emulator; returns once the call's record exists."""
@@ -125,7 +126,7 @@ async def cascade_call(
                 emulator.fail_next(stage, fault, times)
             cascade = CascadeSettings(
                 stt_url=emulator.stt_url, llm_url=emulator.llm_url, tts_url=emulator.tts_url,
-                api_key=Secret(DEFAULT_API_KEY), **settings,
+                api_key=Secret(api_key_override or DEFAULT_API_KEY), **settings,
             )
             bridge = await start_bridge(
                 nursery, agent="cascade", cascade=cascade, bridge_api_token=Secret(TOKEN),
@@ -392,3 +393,70 @@ async def test_an_early_answer_is_thrown_away_when_the_caller_goes_on() -> None:
     assert [t["text"] for t in call.view["transcript"] if t["role"] == "caller"] == ["I want a large pizza."]
     spoken_after = [t["text"] for t in call.view["transcript"] if t["role"] == "agent"]
     assert spoken_after == ["Hi.", "A large pizza, sure."]
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize(
+    ("faults", "transcripts", "counted", "spoken"),
+    [
+        ([("stt", "500", 2)], ["Hello."], {("stt", "http_5xx"): 2}, APOLOGY),
+        ([("stt", "stall", 1)], ["Hello."], {("stt", "timeout"): 1}, APOLOGY),
+        # (the emulator spends a transcript on the malformed answer too)
+        ([("stt", "malformed", 1)], ["Hello.", "Hello."], {("stt", "malformed"): 1}, "You said: Hello."),
+        ([], [""], {("stt", "empty"): 1}, NOT_HEARD),
+        ([("llm", "500", 2)], ["Hello."], {("llm", "http_5xx"): 2}, APOLOGY),
+        ([("llm", "429", 1)], ["Hello."], {("llm", "rate_limited"): 1}, "You said: Hello."),
+        ([("llm", "malformed_sse", 2)], ["Hello."], {("llm", "malformed"): 2}, APOLOGY),
+        ([("llm", "stall", 1)], ["Hello."], {("llm", "timeout"): 1}, APOLOGY),
+        ([("tts", "500", 2)], ["Hello."], {("tts", "http_5xx"): 2}, None),
+        ([("tts", "cut", 1)], ["Hello."], {("tts", "incomplete"): 1}, None),
+        ([("tts", "empty", 1)], ["Hello."], {("tts", "empty"): 1}, None),
+    ],
+    ids=lambda v: "-".join(f"{s}_{f}" for s, f, _ in v) if isinstance(v, list) and v and isinstance(v[0], tuple)
+    else None,
+)
+async def test_a_failing_endpoint_is_answered_by_audio_and_counted(
+    faults: list[tuple[str, str, int]],
+    transcripts: list[str],
+    counted: dict[tuple[str, str], int],
+    spoken: str | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    speech_end = 2.0
+    call = await cascade_call(
+        audio=track((1.2, speech_end - 1.2, 9)),
+        transcripts=transcripts,
+        params={"greeting": "Hi."},
+        hangup_after_s=speech_end + SILENCE_MS / 1000 + 3.5,
+        faults=faults,
+        server={"stall_s": 5.0, "ms_per_char": 40},
+        request_timeout_s=0.8,
+    )
+    for (stage, kind), times in counted.items():
+        assert call.metric("bridge_cascade_errors_total", {"stage": stage, "kind": kind}) == times
+    assert sum(call.stats.errors.values()) == sum(counted.values())
+    # Never silence: every turn that met a failure still played audio.
+    failing = [t for t in call.stats.turns if t.errors]
+    assert failing and all(t.first_audio_ms is not None for t in failing)
+    said = [t["text"] for t in call.view["transcript"] if t["role"] == "agent"]
+    if spoken is not None:  # the caller's turn failed: an apology (or, retried, the answer) after it
+        answer = [(s, e) for s, e in call.audible() if s > speech_end]
+        assert answer and answer[0][1] - answer[0][0] >= 0.3
+        assert said[-1] == spoken
+    else:  # the TTS failed on the first words (the greeting): the chime stood in for them
+        assert failing == call.stats.turns[:1]
+        first = call.audible()[0]
+        assert first[0] < 0.5 and first[1] - first[0] >= 0.3
+    assert DEFAULT_API_KEY not in caplog.text and DEFAULT_API_KEY not in repr(call.stats)
+
+
+async def test_a_wrong_key_is_answered_by_the_chime_and_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    call = await cascade_call(
+        audio=b"", params={"greeting": "Hi."}, hangup_after_s=2.0, api_key_override="sk-wrong-key-123456",
+    )
+    assert call.metric("bridge_cascade_errors_total", {"stage": "tts", "kind": "http_4xx"}) == 1
+    assert call.audible() and "sk-wrong-key-123456" not in caplog.text

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,14 @@ from bridge.agents.cascade import (
     synthesize,
     tokenize,
 )
-from bridge.agents.cascade._leg import APOLOGY, CHECKIN, IDLE_GOODBYE, NOT_HEARD, RECENT_CALLS, CascadeCallStats
+from bridge.agents.cascade._leg import (
+    APOLOGY,
+    CHECKIN,
+    IDLE_GOODBYE,
+    NOT_HEARD,
+    RECENT_CALLS,
+    CascadeCallStats,
+)
 from bridge.emulators import CallRecord, TwilioCaller
 from bridge.emulators._phone import SILENCE_ULAW
 
@@ -57,7 +64,7 @@ def sid(n: int) -> str:
 
 
 def speech(seconds: float, seed: int) -> bytes:
-    """Caller speech: band-limited noise with a syllable envelope, every 10 ms frame well above the threshold."""
+    """Caller speech: band-limited noise with a syllable envelope, every 10 ms frame above the threshold."""
     rng = np.random.default_rng(seed)
     n = int(seconds * RATE)
     spectrum = np.fft.rfft(rng.standard_normal(n))
@@ -139,7 +146,8 @@ async def cascade_call(
                 ).run()
                 await bridge.wait_idle()
                 async with httpx.AsyncClient(base_url=bridge.base_url, timeout=10) as client:
-                    view = (await client.get(f"/calls/{sid(n)}", headers={"Authorization": f"Bearer {TOKEN}"})).json()
+                    auth = {"Authorization": f"Bearer {TOKEN}"}
+                    view = (await client.get(f"/calls/{sid(n)}", headers=auth)).json()
             stats = next(s for s in reversed(RECENT_CALLS) if s.call_sid == sid(n))
         nursery.cancel_scope.cancel()  # the bridge
     return Call(record, bridge, emulator, stats, view)
@@ -182,7 +190,7 @@ async def test_first_audio_follows_the_critical_path_not_the_sequential_one(earl
     )
     turn = call.stats.turns[1]
     print(
-        f"\n[pipelining, early start {'on' if early else 'off'}] caller's end of speech -> first agent audio: "
+        f"\n[pipelining, early start {'on' if early else 'off'}] caller's end of speech -> first audio: "
         f"{measured * 1000:.0f} ms; critical path (VAD {SILENCE_MS} ms + STT {STT_S * 1000:.0f} + LLM to the "
         f"first sentence {first_sentence_s * 1000:.0f} + TTS first byte {TTS_FIRST_BYTE_S * 1000:.0f}) "
         f"{critical * 1000:.0f} ms; seeds' sequential design (same silence wait + full STT + full LLM + full "
@@ -233,7 +241,7 @@ async def test_a_back_channel_pauses_within_a_frame_and_resumes_repeating_little
     window = heard[int(resumed_at * RATE) : int((resumed_at + 0.4) * RATE)]
     offset, peak = best_alignment(answer, window)
     repeated = played_before - offset / RATE
-    print(f"\n[barge-in] clear {lag * 1000:.1f} ms after our VAD could decide the onset; back-channel resumed "
+    print(f"\n[barge-in] clear {lag * 1000:.1f} ms after our VAD could decide the onset; resumed "
           f"{repeated * 1000:.0f} ms back (correlation {peak:.2f})")
     assert lag <= 0.020 + 0.005  # within one 20 ms uplink frame (5 ms of loopback scheduling allowed)
     assert peak > 0.8
@@ -373,7 +381,7 @@ async def test_a_key_press_is_a_user_message() -> None:
     assert [r.input for r in call.server.speech_requests] == ["Hi.", "Five, noted."]
 
 
-# ------------------------------------------------------------------------------------- early start, thrown away
+# ----------------------------------------------------------------------------------- early start, thrown away
 
 
 async def test_an_early_answer_is_thrown_away_when_the_caller_goes_on() -> None:
@@ -398,6 +406,12 @@ async def test_an_early_answer_is_thrown_away_when_the_caller_goes_on() -> None:
 # ---------------------------------------------------------------------------------------------- failures
 
 
+def _fault_id(value: object) -> str | None:
+    if isinstance(value, list) and value and isinstance(value[0], tuple):
+        return "-".join(f"{stage}_{fault}" for stage, fault, _ in value)
+    return None
+
+
 @pytest.mark.parametrize(
     ("faults", "transcripts", "counted", "spoken"),
     [
@@ -414,8 +428,7 @@ async def test_an_early_answer_is_thrown_away_when_the_caller_goes_on() -> None:
         ([("tts", "cut", 1)], ["Hello."], {("tts", "incomplete"): 1}, None),
         ([("tts", "empty", 1)], ["Hello."], {("tts", "empty"): 1}, None),
     ],
-    ids=lambda v: "-".join(f"{s}_{f}" for s, f, _ in v) if isinstance(v, list) and v and isinstance(v[0], tuple)
-    else None,
+    ids=_fault_id,
 )
 async def test_a_failing_endpoint_is_answered_by_audio_and_counted(
     faults: list[tuple[str, str, int]],

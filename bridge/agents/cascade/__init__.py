@@ -23,7 +23,9 @@ for a spoken apology or a retry and a metric; no key reaches an error, a log lin
 
 :class:`CascadeServer` is a faithful emulator of the three endpoints on 127.0.0.1 (scripted transcripts
 and replies, realistic pacing, the failures real servers have), so the demo and the tests run offline.
-The leg that drives a call with these parts lives elsewhere; this package has no call state.
+The leg that drives a call with these parts is :mod:`bridge.agents.cascade._leg` (``CascadeLeg``, imported
+by :func:`bridge.agents.make_leg` only when a call asks for the cascade); :func:`demo_server` and
+:func:`demo_caller_audio` script a short offline demo call with an interruption.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ from __future__ import annotations
 from bridge.agents.cascade._audio import SPEECH_RATE, WavAudio, decode_wav, encode_wav, speech_ms, synthesize
 from bridge.agents.cascade._chat import ChatDone, ChatEvent, ChatStreamDecoder, TextDelta, ToolCall
 from bridge.agents.cascade._client import CascadeClient
+from bridge.agents.cascade._demo_script import (
+    DEMO_CALLER_SPEECH,
+    DEMO_PACING,
+    DEMO_REPLIES,
+    DEMO_TRANSCRIPTS,
+    demo_caller_audio,
+    demo_server,
+    demo_settings,
+    turn_report,
+)
 from bridge.agents.cascade._emulator import DEFAULT_API_KEY, CascadeServer
 from bridge.agents.cascade._emulator_data import (
     ChatReply,
@@ -48,6 +60,10 @@ from bridge.agents.cascade._sse import SseDone, SseEvent, SseParser
 __all__ = [
     "CASCADE_ERROR_KINDS",
     "DEFAULT_API_KEY",
+    "DEMO_CALLER_SPEECH",
+    "DEMO_PACING",
+    "DEMO_REPLIES",
+    "DEMO_TRANSCRIPTS",
     "SPEECH_RATE",
     "STAGES",
     "CascadeClient",
@@ -71,10 +87,14 @@ __all__ = [
     "ToolCall",
     "WavAudio",
     "decode_wav",
+    "demo_caller_audio",
+    "demo_server",
+    "demo_settings",
     "encode_wav",
     "heard_text",
     "speech_ms",
     "split_sentences",
     "synthesize",
     "tokenize",
+    "turn_report",
 ]

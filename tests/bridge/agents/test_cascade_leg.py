@@ -28,15 +28,20 @@ from bridge._secret import Secret
 from bridge._vad import ONSET_FRAMES
 from bridge.agents.cascade import (
     DEFAULT_API_KEY,
+    DEMO_TRANSCRIPTS,
     CascadeServer,
     CascadeSettings,
     ChatReply,
     SpokenSentence,
+    demo_caller_audio,
+    demo_server,
+    demo_settings,
     heard_text,
     speech_ms,
     split_sentences,
     synthesize,
     tokenize,
+    turn_report,
 )
 from bridge.agents.cascade._leg import (
     APOLOGY,
@@ -473,3 +478,33 @@ async def test_a_wrong_key_is_answered_by_the_chime_and_never_shown(caplog: pyte
     )
     assert call.metric("bridge_cascade_errors_total", {"stage": "tts", "kind": "http_4xx"}) == 1
     assert call.audible() and "sk-wrong-key-123456" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- the demo
+
+
+async def test_the_demo_conversation_is_interrupted_once_and_ends_with_its_goal() -> None:
+    """The scripted demo call (``demo_server`` + ``demo_caller_audio``); ``-s`` prints its transcript with
+    the latencies of every turn by stage."""
+    async with trio.open_nursery() as nursery, demo_server() as server:
+        bridge = await start_bridge(
+            nursery, agent="cascade", cascade=demo_settings(server), bridge_api_token=Secret(TOKEN),
+            silence_duration_ms=SILENCE_MS,
+        )
+        with trio.fail_after(LIMIT_S):
+            record = await TwilioCaller(
+                stream_url=bridge.stream_url, audio=demo_caller_audio(), call_sid=sid(77)
+            ).run()
+            await bridge.wait_idle()
+        nursery.cancel_scope.cancel()
+    stats = next(s for s in reversed(RECENT_CALLS) if s.call_sid == sid(77))
+    report = turn_report(stats)
+    print("\n[demo call]\n" + "\n".join(report))
+    assert record.outcome == "bridge_closed" and stats.end_reason == "end_call"
+    assert [t.kind for t in stats.turns] == ["opening", "reply", "reply", "reply"]
+    assert [t.interrupted for t in stats.turns] == [False, True, False, False]
+    assert stats.outcome == (True, "Took a delivery order for one large pepperoni pizza.")
+    assert [t.user_text for t in stats.turns[1:]] == list(DEMO_TRANSCRIPTS)
+    menu = stats.turns[1]
+    assert menu.heard_text and menu.agent_text.startswith(menu.heard_text) and menu.heard_text != menu.agent_text
+    assert len(record.events_of("clear_received")) == 2  # the pause at the onset, then the clear

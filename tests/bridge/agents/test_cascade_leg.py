@@ -506,5 +506,6 @@ async def test_the_demo_conversation_is_interrupted_once_and_ends_with_its_goal(
     assert stats.outcome == (True, "Took a delivery order for one large pepperoni pizza.")
     assert [t.user_text for t in stats.turns[1:]] == list(DEMO_TRANSCRIPTS)
     menu = stats.turns[1]
-    assert menu.heard_text and menu.agent_text.startswith(menu.heard_text) and menu.heard_text != menu.agent_text
+    assert menu.heard_text and menu.agent_text.startswith(menu.heard_text)
+    assert menu.heard_text != menu.agent_text
     assert len(record.events_of("clear_received")) == 2  # the pause at the onset, then the clear

@@ -68,6 +68,7 @@ from bridge._vad import (
     SpeechStart,
     TurnDetector,
     TurnEvent,
+    TurnState,
     Utterance,
     VadSettings,
 )
@@ -186,7 +187,8 @@ class CascadeCallStats:
     checkins: int = 0
     end_reason: str | None = None
     outcome: tuple[bool, str] | None = None
-    requests: list[list[dict[str, Any]]] = field(default_factory=list, repr=False)
+    #: The last few chat requests' messages (what the model was given).
+    requests: deque[list[dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=8), repr=False)
 
 
 #: The last few calls' stats, newest last.
@@ -358,7 +360,7 @@ class CascadeLeg(AgentLeg):
         elif type(item) is Digit:
             self.call.log_event(logging.INFO, "dtmf", "cascade: key %s", item.digit)
             text = f"(The caller pressed {item.digit} on the keypad.)"
-            if self.turn is None and self.early is None and self.vad.state.value == "listening":
+            if self.turn is None and self.early is None and self.vad.state is TurnState.LISTENING:
                 self._start(_Turn(self._next(), "text", text=text))
             else:
                 self.pending_user = f"{self.pending_user} {text}".strip()
@@ -746,7 +748,8 @@ class CascadeLeg(AgentLeg):
         """Check in after ``idle_checkin_s`` of quiet, say goodbye after ``idle_hangup_s`` more."""
         while True:
             changed = self._changed
-            busy = self.turn is not None or self.early is not None or self.vad.state.value != "listening"
+            listening = self.vad.state is TurnState.LISTENING
+            busy = self.turn is not None or self.early is not None or not listening
             limit = self.idle_checkin_s if self._idle_stage == 0 else self.idle_hangup_s
             if busy or limit <= 0:
                 await changed.wait()

@@ -285,6 +285,7 @@ class CascadeLeg(AgentLeg):
         self._running = trio.Event()
         self._done = trio.Event()
         self._end_reason: str | None = None
+        self._finish = False  # the end is ours: play out and hang up (else the call is already ending)
         self._closed = False
         self._changed = trio.Event()  # something the idle timer cares about happened
         self._quiet_since = trio.current_time()
@@ -490,7 +491,7 @@ class CascadeLeg(AgentLeg):
             self._nursery = None
             self.stats.end_reason = self._end_reason
         reason = self._end_reason
-        if reason is not None and reason != "caller_hangup" and not self._closed:
+        if reason is not None and self._finish and not self._closed:
             try:
                 await call.finish(reason)
             except CallEnded as exc:
@@ -500,6 +501,7 @@ class CascadeLeg(AgentLeg):
         """The engine stops; ``run`` then lets the audio play out and hangs up (``finish``)."""
         if self._end_reason is None:
             self._end_reason = reason
+            self._finish = finish
         self._done.set()
 
     def _next(self) -> int:

@@ -134,6 +134,9 @@ def turn_report(stats: Any) -> list[str]:
     lines: list[str] = []
     for turn in stats.turns:
         head = f"turn {turn.index} ({turn.kind})"
+        if turn.discarded:
+            lines.append(f"{head}  [started early on a pause; the caller went on: thrown away]")
+            continue
         if turn.user_text:
             lines.append(f"{head}  caller: {turn.user_text}")
             head = " " * len(head)

@@ -166,6 +166,7 @@ class TurnStats:
     agent_text: str = ""
     heard_text: str | None = None  # set when interrupted
     interrupted: bool = False
+    discarded: bool = False  # an early start the caller's going on threw away
     early_ms: float | None = None
     stt_ms: float | None = None
     llm_first_token_ms: float | None = None
@@ -404,6 +405,7 @@ class CascadeLeg(AgentLeg):
             early, self.early = self.early, None
             if early is not None:
                 early.scope.cancel()
+                early.stats.discarded = True
                 self.stats.early_discarded += 1
                 call.metrics.cascade_early.labels("discarded").inc()
         elif type(event) is Utterance:
@@ -454,8 +456,9 @@ class CascadeLeg(AgentLeg):
             turn.committed = True
             conversation = self.conversation
             if turn.kind in ("reply", "text") and heard_total <= 0:
-                # Nothing of the answer was heard: the caller's words wait for the next answer.
-                self.pending_user = f"{self.pending_user} {turn.user_text}".strip()
+                # Nothing of the answer was heard: the caller's words (which include any that were
+                # already waiting) wait for the next answer.
+                self.pending_user = turn.user_text or self.pending_user
                 turn.stats.heard_text = ""
                 return
             if turn.user_text:

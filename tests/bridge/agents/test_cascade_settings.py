@@ -136,3 +136,18 @@ def test_tokens_join_back_to_the_text() -> None:
     text = "Two large pepperonis, please. Thanks!"
     tokens = tokenize(text)
     assert "".join(tokens) == text and all(len(t.strip()) <= 4 for t in tokens)
+
+
+def test_the_configuration_reads_the_cascade_and_needs_its_key_only_when_it_answers_calls() -> None:
+    from bridge._config import VARIABLES, load_config
+
+    env = {"AGENT": "cascade", "CASCADE_API_KEY": KEY, "CASCADE_MAX_CALL_S": "60"}
+    config = load_config(env, dotenv_path=None)
+    assert config.cascade.max_call_s == 60.0 and config.cascade.api_key.reveal() == KEY
+    assert config.cascade.api_key in config.secrets()
+    assert KEY not in repr(config) and KEY not in str(config.redacted())
+    assert "CASCADE_LLM_EARLY_START" in VARIABLES and "CASCADE_API_KEY" in VARIABLES
+    assert not load_config({}, dotenv_path=None).cascade.api_key  # AGENT=speakr: no key needed
+    with pytest.raises(ConfigError) as caught:
+        load_config({"AGENT": "cascade"}, dotenv_path=None)
+    assert caught.value.variable == "CASCADE_API_KEY"

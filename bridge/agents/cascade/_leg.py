@@ -410,6 +410,11 @@ class CascadeLeg(AgentLeg):
                 call.metrics.cascade_early.labels("discarded").inc()
         elif type(event) is Utterance:
             self._heard_caller()
+            current = self.turn
+            if current is not None and current.then_end is not None:
+                return  # the agent is saying goodbye (the call is ending): nothing more to answer
+            if current is not None:  # fixed words started over the caller's turn: the caller wins
+                self._cut(current, await call.clear())
             call.caller_stopped()
             now = trio.current_time()
             early, self.early = self.early, None

@@ -163,6 +163,12 @@ class CallerLeg:
         name = self.agent.capabilities.name if self.agent is not None else "agent"
         self.log_event(logging.INFO, kind, "%s %s", name, kind)
 
+    def outcome(self, achieved: bool, summary: str) -> None:
+        self.log_event(logging.INFO, "outcome", "goal %s: %.200s", "achieved" if achieved else "not achieved",
+                       summary)
+        if self.settings.observer is not None:
+            self.settings.observer.goal_outcome(achieved, summary)
+
     def name_session(self, session_id: str) -> None:
         self.result.session_id = session_id
 

@@ -21,6 +21,7 @@ from dotenv import dotenv_values
 from bridge._errors import ConfigError
 from bridge._secret import Secret
 from bridge.agents._settings import AGENTS, DeepgramSettings, OpenAISettings
+from bridge.agents.cascade._settings import CASCADE_VARIABLES, CascadeSettings
 from bridge.agents.speakr._wire import validate_field
 
 __all__ = ["Config", "Secret", "load_config"]
@@ -77,6 +78,7 @@ class Config:
     agent: str = "speakr"
     openai: OpenAISettings = field(default_factory=OpenAISettings)
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
+    cascade: CascadeSettings = field(default_factory=CascadeSettings)
 
     def agent_url(self) -> str | None:
         """The Speakr URL with ``api_key`` added to its query. Contains the key: never log it."""
@@ -88,7 +90,7 @@ class Config:
         """Every key, token and password configured: registered with the log scrubber at start."""
         return (
             self.speakr_api_key, self.twilio_auth_token, self.bridge_api_token,
-            self.openai.api_key, self.deepgram.api_key,
+            self.openai.api_key, self.deepgram.api_key, self.cascade.api_key,
         )
 
     def __repr__(self) -> str:
@@ -248,7 +250,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
 
 #: Every variable ``load_config`` reads (``.env.example`` documents each one; a test holds it to that).
 VARIABLES = (*_VARIABLES, "AGENT_SYSTEM_PROMPT", "OPENAI_API_KEY", "OPENAI_REALTIME_URL", "OPENAI_VOICE",
-             "DEEPGRAM_API_KEY", "DEEPGRAM_AGENT_URL")
+             "DEEPGRAM_API_KEY", "DEEPGRAM_AGENT_URL", *CASCADE_VARIABLES)
 
 
 def load_config(
@@ -274,4 +276,5 @@ def load_config(
         values["system_prompt"] = _start_field("system_prompt")("AGENT_SYSTEM_PROMPT", prompt)
     values["openai"] = OpenAISettings.from_env(merged)
     values["deepgram"] = DeepgramSettings.from_env(merged)
+    values["cascade"] = CascadeSettings.from_env(merged, require_key=values.get("agent") == "cascade")
     return Config(**values)

@@ -183,6 +183,9 @@ class CallPort(Protocol):
     def barge_in(self, kind: str) -> None:
         """Count and record an interruption the agent decided (``pause``, ``continue``, ``clear``)."""
 
+    def outcome(self, achieved: bool, summary: str) -> None:
+        """The agent's verdict on the call's goal (its ``end_call`` arguments), kept in the call's record."""
+
     def count_error(self, kind: str, detail: str) -> None:
         """Bad input from the agent: counted (``protocol_errors{peer=<backend>}``), the first few logged."""
 

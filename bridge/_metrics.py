@@ -207,6 +207,16 @@ class Metrics:
             "bridge_agent_errors", "Errors the agent reported (OpenAI error, Deepgram Error), by code",
             ["agent", "code"], registry=r,
         )
+        self.cascade_errors = Counter(
+            "bridge_cascade_errors",
+            "Cascade endpoint failures (each answered by a spoken apology or a retry), by stage and kind",
+            ["stage", "kind"], registry=r,
+        )
+        self.cascade_early = Counter(
+            "bridge_cascade_early_starts",
+            "Cascade answers started on a likely end of turn, by outcome (used or discarded)",
+            ["outcome"], registry=r,
+        )
 
     def render(self) -> bytes:
         """The registry in Prometheus text format (every worker's, in multiprocess mode)."""

@@ -103,7 +103,8 @@ class CallObserver:
         self.transcript_chars = 0
         self.transcript_dropped = 0
         self.latencies_ms: list[int] = []
-        self.outcome: str | None = None
+        #: The agent's verdict on the call's goal: ``{"achieved": bool, "summary": str}`` (``end_call``).
+        self.outcome: dict[str, Any] | None = None
         self.recording: CallRecording | None = None
         self.recording_error: str | None = None
         self.result: Any = None
@@ -172,8 +173,9 @@ class CallObserver:
         if len(self.latencies_ms) < MAX_LATENCIES:
             self.latencies_ms.append(round(ms))
 
-    def set_outcome(self, outcome: str) -> None:
-        self.outcome = outcome[:200]
+    def goal_outcome(self, achieved: bool, summary: str) -> None:
+        """The agent ended the call saying whether the call's goal was achieved, in one line."""
+        self.outcome = {"achieved": bool(achieved), "summary": " ".join(summary.split())[:200]}
 
     # --- per frame: the recording only ---------------------------------------------------------------
 
@@ -244,7 +246,7 @@ class CallObserver:
             "transcript": list(self.transcript),
             "transcript_dropped": self.transcript_dropped,
             "dtmf": list(self.dtmf),
-            "outcome": self.outcome,
+            "outcome": None if self.outcome is None else dict(self.outcome),
             "agent_held_ms": (
                 None
                 if self.gate_opened_at is None or self.t_started is None

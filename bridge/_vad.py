@@ -1,4 +1,4 @@
-"""An energy voice-activity detector and turn-taking state machine for the local echo agent; no I/O.
+"""An energy voice-activity detector and turn-taking state machine (local echo agent, cascade); no I/O.
 
 Theory of operation
 -------------------
@@ -26,6 +26,13 @@ of audio before the onset (from a short history ring), the speech, and the pause
   ``continue``; -> ``LISTENING``, the audio is dropped).
 - ``SPEECH``: the caller's turn. It ends after ``silenceDuration`` ms without a loud frame
   (:class:`Utterance`, with its PCM: prefix + speech + :data:`UTTERANCE_TAIL_MS`; -> ``LISTENING``).
+
+Early end of turn (only with ``VadSettings.early_silence_ms``, which the cascade sets and the local agent
+does not): a shorter pause inside ``SPEECH`` is a *likely* end of turn (:class:`LikelyEnd`, once per pause,
+with the utterance as it would end there), so an agent can start answering before it is sure; a loud frame
+after it says the caller went on (:class:`Resumed`: throw the early answer away). The final
+:class:`Utterance` then comes as before, and when no :class:`Resumed` came between, its audio is exactly the
+:class:`LikelyEnd`'s.
 
 Everything is bounded: the history ring holds the prefix padding (at most 5 s), an utterance at most
 ``max_utterance_s`` (longer speech is cut: the rest is dropped and the utterance marked ``truncated``, but the
@@ -55,6 +62,8 @@ __all__ = [
     "BackChannel",
     "BargeIn",
     "Interruption",
+    "LikelyEnd",
+    "Resumed",
     "SpeechStart",
     "TurnDetector",
     "TurnEvent",
@@ -128,6 +137,9 @@ class VadSettings:
     silence_ms: int = 1000
     prefix_padding_s: float = 0.7
     max_utterance_s: float = MAX_UTTERANCE_S
+    #: A pause this long inside the caller's turn is a likely end (:class:`LikelyEnd`); None: no early events.
+    #: At least :data:`UTTERANCE_TAIL_MS` and below ``silence_ms``.
+    early_silence_ms: int | None = None
 
     def __post_init__(self) -> None:
         threshold_dbfs(self.threshold)  # validates
@@ -142,6 +154,12 @@ class VadSettings:
             )
         if not (isinstance(self.max_utterance_s, int | float) and 0.1 <= self.max_utterance_s <= 120.0):
             raise ValueError(f"max_utterance_s must be between 0.1 and 120, got {self.max_utterance_s!r}")
+        early = self.early_silence_ms
+        in_range = isinstance(early, int) and UTTERANCE_TAIL_MS <= early < self.silence_ms
+        if early is not None and not in_range:
+            raise ValueError(
+                f"early_silence_ms must be between {UTTERANCE_TAIL_MS} and silence_ms, got {early!r}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,7 +220,22 @@ class Utterance:
         )
 
 
-TurnEvent: TypeAlias = SpeechStart | BargeIn | BackChannel | Interruption | Utterance
+@dataclass(frozen=True, slots=True)
+class LikelyEnd:
+    """The caller paused for ``early_silence_ms``: the turn has likely ended, with ``utterance`` so far."""
+
+    time_s: float
+    utterance: Utterance
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The caller spoke again after a :class:`LikelyEnd`: the turn goes on."""
+
+    time_s: float
+
+
+TurnEvent: TypeAlias = SpeechStart | BargeIn | BackChannel | Interruption | LikelyEnd | Resumed | Utterance
 
 
 class TurnState(enum.Enum):
@@ -222,9 +255,11 @@ class TurnDetector:
 
     __slots__ = (
         "_dropped_frames",
+        "_early_frames",
         "_frame_index",
         "_history",
         "_last_loud",
+        "_likely",
         "_loud_run",
         "_max_frames",
         "_onset",
@@ -245,6 +280,9 @@ class TurnDetector:
         self._prefix_frames = round(self._settings.prefix_padding_s * 1000 / FRAME_MS)
         self._silence_frames = max(1, math.ceil(self._settings.silence_ms / FRAME_MS))
         self._max_frames = round(self._settings.max_utterance_s * 1000 / FRAME_MS)
+        early = self._settings.early_silence_ms
+        self._early_frames = None if early is None else max(1, math.ceil(early / FRAME_MS))
+        self._likely = False  # a LikelyEnd was given for the current pause
         # The last prefix + onset frames, to reach back before an onset.
         self._history: deque[bytes] = deque(maxlen=self._prefix_frames + ONSET_FRAMES)
         self._pending = bytearray()  # less than one frame
@@ -314,6 +352,7 @@ class TurnDetector:
         self._loud_run = 0
         self._utterance = []
         self._truncated = False
+        self._likely = False
 
     # ------------------------------------------------------------------------------------------------
 
@@ -365,12 +404,24 @@ class TurnDetector:
         # SPEECH
         if loud:
             self._last_loud = k
+            if self._likely:
+                self._likely = False
+                return Resumed(now)
             return None
-        if k - self._last_loud < self._silence_frames:
+        quiet = k - self._last_loud
+        if quiet < self._silence_frames:
+            if self._early_frames is not None and not self._likely and quiet >= self._early_frames:
+                self._likely = True
+                return LikelyEnd(now, self._utterance_until(now, k))
             return None
+        utterance = self._utterance_until(now, k)
+        self.reset()
+        return utterance
+
+    def _utterance_until(self, now: float, k: int) -> Utterance:
         end = min(self._last_loud + 1 + UTTERANCE_TAIL_MS // FRAME_MS, k + 1)
         kept = max(0, min(end - self._speech_start, len(self._utterance)))
-        utterance = Utterance(
+        return Utterance(
             time_s=now,
             start_s=self._seconds(self._speech_start),
             end_s=self._seconds(self._speech_start + kept),
@@ -378,5 +429,3 @@ class TurnDetector:
             pcm=b"".join(self._utterance[:kept]),
             truncated=self._truncated,
         )
-        self.reset()
-        return utterance

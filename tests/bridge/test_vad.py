@@ -18,6 +18,8 @@ from bridge._vad import (
     BackChannel,
     BargeIn,
     Interruption,
+    LikelyEnd,
+    Resumed,
     SpeechStart,
     TurnDetector,
     TurnEvent,
@@ -282,3 +284,31 @@ def test_bundled_caller_track_gives_the_documented_turns_at_the_documented_times
     assert isinstance(first, Utterance) and isinstance(last, Utterance)
     assert first.start_s == pytest.approx(4.8 - 0.7, abs=0.1)
     assert last.start_s == pytest.approx(12.3 - 0.7, abs=0.1)  # the interruption's speech, with its prefix
+
+
+# ------------------------------------------------------------------------------------ early end of turn
+
+
+def test_a_short_pause_is_a_likely_end_then_resumed_and_the_final_audio_equals_the_likely_one() -> None:
+    detector = TurnDetector(VadSettings(silence_ms=800, prefix_padding_s=0.2, early_silence_ms=300))
+    events = run(detector, silence(0.5) + noise(0.6) + silence(0.4) + noise(0.6, seed=2) + silence(1.5))
+    assert kinds(events) == ["SpeechStart", "LikelyEnd", "Resumed", "LikelyEnd", "Utterance"]
+    first, resumed, likely, final = events[1], events[2], events[3], events[4]
+    assert isinstance(first, LikelyEnd) and isinstance(resumed, Resumed) and isinstance(likely, LikelyEnd)
+    assert first.time_s == pytest.approx(1.1 + 0.3, abs=0.011)
+    assert resumed.time_s == pytest.approx(1.5 + 0.01, abs=0.011)
+    assert likely.time_s == pytest.approx(2.1 + 0.3, abs=0.011)
+    assert isinstance(final, Utterance) and final.time_s == pytest.approx(2.1 + 0.8, abs=0.011)
+    assert likely.utterance.pcm == final.pcm and likely.utterance.end_s == final.end_s
+
+
+def test_without_early_silence_there_are_no_early_events() -> None:
+    detector = TurnDetector(VadSettings(silence_ms=800))
+    events = run(detector, silence(0.5) + noise(0.6) + silence(0.4) + noise(0.6, seed=2) + silence(1.5))
+    assert kinds(events) == ["SpeechStart", "Utterance"]
+
+
+@pytest.mark.parametrize("early", [50, 800, 900])
+def test_early_silence_out_of_range_is_refused(early: int) -> None:
+    with pytest.raises(ValueError):
+        VadSettings(silence_ms=800, early_silence_ms=early)

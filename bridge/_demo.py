@@ -73,6 +73,11 @@ __all__ = ["DEFAULT_OUTPUT", "DemoResult", "demo_command", "run_demo"]
 log = logging.getLogger("bridge.demo")
 
 DEFAULT_OUTPUT: Final = "speakr-bridge-demo.wav"
+#: The input's name for the scripted cascade caller (the default input of ``demo --agent cascade``).
+CASCADE_SCRIPT: Final = "scripted cascade caller"
+#: The scripted cascade call ends with the agent's goodbye and end_call a few seconds after the caller's last
+#: words; the caller stays on the line this long after its audio, so the agent is the one that ends it.
+CASCADE_HANGUP_MARGIN_S: Final = 12.0
 #: Raw hop-latency samples kept per direction (a 10-minute call uplinks ~19,000 frames).
 MAX_HOP_SAMPLES: Final = 100_000
 #: After the caller hangs up, how long the bridge and the agent get to finish the call.
@@ -324,6 +329,8 @@ class DemoResult:
     agent_url: str
     local_agent: bool
     agent_name: str
+    #: The cascade's transcript with each turn's latencies by stage (empty for other agents).
+    turns: tuple[str, ...]
     speed: float
     hangup_s: float
     duration_s: float
@@ -417,9 +424,13 @@ class DemoResult:
             ("result", "healthy" if self.healthy else "UNHEALTHY: " + "; ".join(self.problems)),
         ]
         width = max(len(k) for k, _ in rows)
-        return "speakr-bridge demo: one call on loopback\n" + "\n".join(
-            f"  {k:<{width}}  {v}" for k, v in rows
-        )
+        text = "speakr-bridge demo: one call on loopback\n"
+        text += "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+        if self.turns:
+            text += "\n\nthe conversation, with each turn's latency by stage:\n" + "\n".join(
+                f"  {line}" for line in self.turns
+            )
+        return text
 
 
 def _first_utterance_end_s(audio: InputAudio) -> float | None:
@@ -439,15 +450,22 @@ def _check(
     end_reasons: dict[str, float],
     agent: SessionStats | None,
     heard_s: float,
+    *,
+    agent_ends: bool = False,
 ) -> list[str]:
+    """What went wrong with the demo call. ``agent_ends``: the scripted agent ends the call itself (the
+    cascade's ``end_call`` after its goodbye): the expected ending instead of the caller's hang-up."""
     problems: list[str] = []
     if not rec.connected:
         problems.append(f"the call never connected ({rec.outcome}: {rec.error or 'no detail'})")
         return problems
-    if rec.outcome != "hung_up":
+    expected_outcome, expected_reason = (
+        ("bridge_closed", "end_call") if agent_ends else ("hung_up", "twilio_stop")
+    )
+    if rec.outcome != expected_outcome:
         close = f"{rec.close_code} {rec.close_reason or ''}".rstrip()
         problems.append(f"the call ended unexpectedly: {rec.outcome} (close {close})")
-    if "twilio_stop" not in end_reasons:
+    if expected_reason not in end_reasons:
         problems.append(f"the bridge ended the call for another reason: {', '.join(end_reasons) or 'none'}")
     if rec.first_audio_heard_s is None or heard_s <= 0:
         problems.append("the caller heard nothing")
@@ -538,11 +556,26 @@ async def start_emulated_backend(
         await nursery.start(dg.serve)
         return {"deepgram": DeepgramSettings(url=dg.url, api_key=Secret(DEEPGRAM_KEY))}, dg.url
     if name == "cascade":
-        from bridge.agents.cascade import demo_backend
+        from bridge.agents.cascade._demo_script import demo_server, demo_settings
 
-        fields, url = await demo_backend(nursery, speed)
-        return fields, url
+        async def serve(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+            async with demo_server() as server:
+                task_status.started(server)
+                await trio.sleep_forever()
+
+        server = await nursery.start(serve)
+        return {"cascade": demo_settings(server)}, server.llm_url
     raise UsageError(f"--agent must be speakr, openai, deepgram or cascade, got {name!r}")
+
+
+def cascade_demo_audio() -> InputAudio:
+    """The caller's side of the scripted cascade call (what ``demo --agent cascade`` says by default)."""
+    from bridge.agents.cascade._demo_script import demo_caller_audio
+
+    pcm = demo_caller_audio()
+    return InputAudio(
+        pcm=pcm, source=CASCADE_SCRIPT, source_rate=SAMPLE_RATE, source_channels=1, bundled=False
+    )
 
 
 def _check_arguments(output_path: str | os.PathLike[str], agent_url: str | None, speed: float) -> Path:
@@ -591,9 +624,14 @@ async def run_demo(
         UsageError: a bad input file, output path, agent URL or speed (nothing was started).
     """
     output = _check_arguments(output_path, agent_url, speed)
+    if audio is None and input_path is None and agent_name == "cascade":
+        audio = cascade_demo_audio()
     if audio is None:
         audio = load_input(input_path)
     hangup_s = default_hangup_s(audio)
+    if agent_name == "cascade":
+        # The scripted cascade ends the call itself (end_call after its goodbye); the caller waits for it.
+        hangup_s = max(hangup_s, audio.duration_s + CASCADE_HANGUP_MARGIN_S)
     token = secrets.token_urlsafe(24)
     agent: LocalAgentServer | None = None
     async with trio.open_nursery() as nursery:
@@ -685,7 +723,17 @@ def _result(
     ready_count = _sample(metrics, "bridge_agent_ready_seconds_count")
     start_to_ready = _sample(metrics, "bridge_agent_ready_seconds_sum") / ready_count if ready_count else None
     heard_s = played_s(rec)
-    problems = _check(rec, audio, barge_in, protocol_errors, end_reasons, session, heard_s)
+    scripted = agent_name == "cascade" and audio.source == CASCADE_SCRIPT
+    problems = _check(
+        rec, audio, barge_in, protocol_errors, end_reasons, session, heard_s, agent_ends=scripted
+    )
+    turns: tuple[str, ...] = ()
+    if agent_name == "cascade":
+        from bridge.agents.cascade._demo_script import turn_report
+        from bridge.agents.cascade._leg import RECENT_CALLS
+
+        if RECENT_CALLS:
+            turns = tuple(turn_report(RECENT_CALLS[-1]))
     if write_error is not None:
         problems.append(write_error)
     return DemoResult(
@@ -696,6 +744,7 @@ def _result(
         agent_url=agent_url,
         local_agent=agent is not None,
         agent_name=agent_name,
+        turns=turns,
         speed=speed,
         hangup_s=hangup_s,
         duration_s=rec.duration_s,
@@ -737,10 +786,10 @@ def demo_command(
         UsageError: bad arguments (the command line exits with 2).
     """
     _check_arguments(output_path, agent_url, speed)
-    audio = load_input(input_path)
+    audio = cascade_demo_audio() if agent == "cascade" and input_path is None else load_input(input_path)
     logging.getLogger("bridge").setLevel(logging.WARNING)  # the progress line, not INFO logs, shows the call
     if not quiet:
-        what = "the bundled sample" if input_path is None else input_path
+        what = audio.source if input_path is None else input_path
         print(
             f"speakr-bridge demo: calling the bridge on loopback; the caller says {what} "
             f"({'real time' if speed == 1 else f'{speed:g}x real time'})",

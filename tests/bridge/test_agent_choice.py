@@ -126,3 +126,14 @@ async def test_the_demo_runs_a_healthy_offline_call_with_each_backend(tmp_path: 
     assert result.frames[f"{agent}_out"] == math.ceil(result.frames["twilio_in"] * 160 / UPLINK_FRAME_BYTES)
     assert result.barge_in["clear"] >= 1  # the bundled sample interrupts the agent
     assert f"{agent} (the bundled offline emulator)" in result.summary()
+
+
+async def test_the_cascade_demo_holds_its_scripted_conversation_and_the_agent_ends_it(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        result = await run_demo(output_path=tmp_path / "call.wav", speed=2.0, agent_name="cascade")
+    assert result.healthy, result.problems
+    assert result.bridge_end_reasons.keys() == {"end_call"}  # the agent's goodbye, then end_call
+    assert result.barge_in["clear"] >= 1  # the caller cut into the menu
+    text = "\n".join(result.turns)
+    assert "Just a large pepperoni, please." in text and "[interrupted: the history keeps only this]" in text
+    assert "the conversation, with each turn's latency by stage" in result.summary()

@@ -36,8 +36,8 @@ Measured, all in the window unless said:
   it (samples handed to the speaker, cleared ones not counted), per barge-in, whole run. The
   twilio-samples estimate (latest inbound media ``timestamp`` when ``speech_started`` arrives minus the
   latest one when the response's first delta arrived) is worked out from the same calls' timestamps;
-* loss: after the window the callers stop; every caller sample must reach the emulator, less at most one
-  frame (a resampler may keep a few samples back);
+* loss: after the window the callers send silence (a resampler then lets out what it holds back); every
+  caller sample sent before must reach the emulator;
 * the relay's CPU seconds and RSS from ``/proc`` (whole process tree).
 """
 
@@ -77,7 +77,6 @@ FRAME_SAMPLES: Final = 160
 FRAME_S: Final = 0.02
 TICK_BUCKETS: Final = 10
 SILENT_FRAME: Final = b"\xff" * FRAME_SAMPLES
-DRAIN_QUIET_S: Final = 0.5
 _DELTA_PREFIX: Final = '{"type":"response.output_audio.delta"'
 _LINK = re.compile(r"bench:([0-9a-f]+):(\d+)")
 
@@ -136,6 +135,7 @@ class TimedSession(RealtimeSession):
         self.caller: PeerCaller | None = None
         self.timed: list[_Response] = []
         self.samples_in = 0  # input audio so far, in 8 kHz samples
+        self._bytes_in = 0
 
     async def _on_message(self, data: str | bytes) -> None:
         now = time.perf_counter()
@@ -144,7 +144,8 @@ class TimedSession(RealtimeSession):
         added = len(self._appended) - before
         if added and self.caller is not None:
             per = 1 if self.input_format == oa.FORMAT_PCMU else 6  # 24 kHz PCM16: 6 bytes an 8 kHz sample
-            self.samples_in += added // per
+            self._bytes_in += added
+            self.samples_in = self._bytes_in // per
             self.caller.on_agent_heard(self.samples_in, now)
 
     async def _on_session_update(self, session: dict[str, Any]) -> None:
@@ -214,12 +215,8 @@ class PeerResult:
 
     @property
     def lost(self) -> bool:
-        """A call not set up, closed early, or caller audio missing (past one frame per call)."""
-        return (
-            self.linked < self.calls
-            or self.closed_early > 0
-            or self.uplink_missing > FRAME_SAMPLES * self.calls
-        )
+        """A call not set up, closed early, or caller audio missing."""
+        return self.linked < self.calls or self.closed_early > 0 or self.uplink_missing > 0
 
     def p99_ms(self) -> float:
         return 1000 * max(percentile(self.uplink_s, 99), percentile(self.downlink_s, 99))
@@ -245,6 +242,7 @@ class PeerRun:
         self.measuring = False
         self.window = (0.0, 0.0)
         self.talking = True
+        self.draining = False  # callers send silence: a relay's resampler flushes what it holds back
 
     def caller_for(self, token: str, index: int) -> PeerCaller | None:
         if token != self.token or index >= len(self.callers):
@@ -369,7 +367,9 @@ class PeerCaller:
             self.consumed += queued
 
     def _echo(self, name: str) -> None:
-        self._send(_twilio.mark_event_message(stream_sid=self.stream_sid, name=name, sequence_number=self._seq()))
+        self._send(
+            _twilio.mark_event_message(stream_sid=self.stream_sid, name=name, sequence_number=self._seq())
+        )
 
     def on_agent_heard(self, samples: int, now: float) -> None:
         """The emulator has received ``samples`` of this call's audio (the uplink hop)."""
@@ -404,11 +404,7 @@ class PeerCaller:
                 masked=True,
             )
         run = self.run
-        if (
-            self.linked_at is not None
-            and run.talking
-            and now >= self.linked_at + run.scenario.lead_in_s
-        ):
+        if self.linked_at is not None and run.talking and now >= self.linked_at + run.scenario.lead_in_s:
             k = self.frames_sent
             sent = time.perf_counter()
             if self.talk_t0 is None:
@@ -418,7 +414,7 @@ class PeerCaller:
                 OP_TEXT,
                 _twilio.media_event_message(
                     stream_sid=self.stream_sid,
-                    payload=frames[(k + self.phase) % len(frames)],
+                    payload=SILENT_FRAME if run.draining else frames[(k + self.phase) % len(frames)],
                     chunk=k + 1,
                     timestamp_ms=round((sent - self.talk_t0) * 1000),
                     sequence_number=self._seq(),
@@ -581,23 +577,18 @@ async def drive_peers(
             result.probe_end = probe() if probe else {}
             result.window_s = time.perf_counter() - w0
             result.driver_cpu_s = time.process_time() - cpu0
-            run.talking = False
+            # Drain: callers go on sending silence, as Twilio does, so that whatever a relay holds back
+            # (a resampler's filter delay) comes out; every sample sent before this must reach the agent.
+            run.draining = True
             expected = [c.frames_sent * FRAME_SAMPLES for c in run.callers]
 
             def heard(c: PeerCaller) -> int:
                 return c.session.samples_in if c.session is not None else 0
 
-            # Until every sample is in, or nothing more has come for DRAIN_QUIET_S (a resampler keeps its
-            # delay's worth back for good once the caller stops), at most drain_timeout_s.
             with trio.move_on_after(scenario.drain_timeout_s):
-                total, quiet_since = -1, trio.current_time()
-                while any(heard(c) < e for c, e in zip(run.callers, expected, strict=True)):
-                    now_total = sum(heard(c) for c in run.callers)
-                    if now_total != total:
-                        total, quiet_since = now_total, trio.current_time()
-                    elif trio.current_time() - quiet_since > DRAIN_QUIET_S:
-                        break
+                while any(heard(c) < e for c, e in zip(run.callers, expected, strict=True)):  # noqa: ASYNC110
                     await trio.sleep(0.05)
+            run.talking = False
             result.uplink_expected = sum(expected)
             result.uplink_missing = sum(
                 max(0, e - heard(c)) for c, e in zip(run.callers, expected, strict=True)

@@ -1,4 +1,4 @@
-"""The peer under comparison: a minimal pipecat bot for the bridge's job, Twilio Media Stream in, OpenAI Realtime out.
+"""The peer under comparison: a minimal pipecat bot for the bridge's job (Twilio in, OpenAI Realtime out).
 
 Runs only in the peer comparison's own virtual environment (``benchmarks/peers/setup_venv.sh``); the product
 never imports pipecat. It is what pipecat's telephony examples build, with nothing added:

@@ -39,6 +39,7 @@ import trio
 from _harness import (
     ServerProcess,
     free_port,
+    machine_cpu_s,
     machine_line,
     md_table,
     percentile,
@@ -65,6 +66,10 @@ P99_BAR_S: Final = 0.020
 CAPACITY_GRID: Final = (5, 10, 20, 30, 40, 60, 80, 100, 130)
 CAPACITY_RESOLUTION: Final = 0.1  # stop bisecting at max(2 calls, this share of the holding N)
 CAPACITY_MAX_STEPS: Final = 8  # per search
+#: A failing step while other processes used more than this share of a core is run again (at most
+#: MAX_RERUNS per search): this machine may be shared.
+OTHERS_BUSY_PCT: Final = 25.0
+MAX_RERUNS: Final = 3
 CAPACITY_BUDGET_S: Final = float(os.environ.get("PEERS_CAPACITY_BUDGET_S", "600"))
 
 OURS: Final = "speakr-bridge"
@@ -161,6 +166,19 @@ class Step:
         floor_ms = self.floor.result.p99_ms() if self.floor is not None else 0.0
         return self.lossless and self.result.p99_ms() <= floor_ms + P99_BAR_S * 1000
 
+    @property
+    def others_pct(self) -> float:
+        """CPU the machine's other processes used in the window, % of one core (noise on a shared box)."""
+        r = self.result
+        machine = r.probe_end.get("machine", math.nan) - r.probe_begin.get("machine", math.nan)
+        return 100 * (machine - self.cpu_s - r.driver_cpu_s) / r.window_s if r.window_s else math.nan
+
+    @property
+    def driver_pct(self) -> float:
+        """The load driver's CPU (callers and the emulator), % of one core."""
+        r = self.result
+        return 100 * r.driver_cpu_s / r.window_s if r.window_s else math.nan
+
     def why_not(self) -> str:
         r = self.result
         if self.error:
@@ -188,7 +206,11 @@ async def run_step(relay: Relay, calls: int, scenario: Scenario, workdir: Path) 
                 emulator,
                 calls,
                 scenario,
-                probe=lambda: {"cpu": server.cpu_s(), "rss": float(server.rss_bytes())},
+                probe=lambda: {
+                    "cpu": server.cpu_s(),
+                    "rss": float(server.rss_bytes()),
+                    "machine": machine_cpu_s()[0],
+                },
             )
         except RuntimeError as exc:
             step.error = str(exc).splitlines()[0][:200]
@@ -242,7 +264,9 @@ async def capacity_search(
     """The most calls ``relay`` holds (:attr:`Step.holds`): one call for its floor, a grid up to the first
     failure, then bisection."""
     floor = await run_step(relay, 1, CAPACITY_SCENARIO, workdir)
+    floor.floor = floor
     steps: list[Step] = [floor]
+    reruns = 0
     log(f"  capacity {relay.name} floor (1 call): p99 {floor.result.p99_ms():.1f} ms, {floor.why_not()}")
     best, worst = 0, None
     candidates = iter(CAPACITY_GRID)
@@ -255,8 +279,14 @@ async def capacity_search(
         steps.append(step)
         log(
             f"  capacity {relay.name} N={n}: {'holds' if step.holds else 'fails: ' + step.why_not()}"
-            f" (p99 {step.result.p99_ms():.1f} ms)"
+            f" (p99 {step.result.p99_ms():.1f} ms, others {step.others_pct:.0f} % of a core)"
         )
+        while not step.holds and step.others_pct > OTHERS_BUSY_PCT and reruns < MAX_RERUNS:
+            reruns += 1  # the machine, not the relay, may have failed: once more
+            step = await run_step(relay, n, CAPACITY_SCENARIO, workdir)
+            step.floor = floor
+            steps.append(step)
+            log(f"  capacity {relay.name} N={n} again: {'holds' if step.holds else 'fails'}")
         if step.holds:
             best = max(best, n)
         else:
@@ -438,6 +468,8 @@ def report(c: Comparison) -> str:
             "uplink samples lost",
             "CPU %",
             "RSS MiB",
+            "driver CPU %",
+            "others CPU %",
             "why not",
         ],
         [
@@ -452,11 +484,13 @@ def report(c: Comparison) -> str:
                 s.result.uplink_missing,
                 f"{100 * s.cpu_s / s.result.window_s:.0f}" if s.result.window_s else "",
                 f"{s.result.probe_end.get('rss', math.nan) / 2**20:.1f}",
+                f"{s.driver_pct:.0f}",
+                f"{s.others_pct:.0f}",
                 "" if s.holds else s.why_not(),
             ]
             for s in c.capacity_steps
         ],
-        right=[False, True, False, False, True, True, True, True, True, True, False],
+        right=[False, True, False, False, True, True, True, True, True, True, True, True, False],
     )
     barges = {n: sum(s.result.barges for s in c.latency[n]) for n in c.relays}
     head = (
@@ -495,6 +529,29 @@ def comparison(tmp_path_factory: pytest.TempPathFactory, bench_report: list[str]
 
 
 NOTES: Final = """\
+## Why pipecat's figures are what they are (read from pipecat 1.14.0's code, measured here)
+
+- **Hop latency, ~100 ms p50 and ~160 ms p99 each way at any load.** pipecat's OpenAI Realtime service
+  speaks `audio/pcm` at 24 kHz to the service, never `audio/pcmu`: `_send_user_audio` resamples every
+  caller frame 8 -> 24 kHz and the answer comes out as 24 kHz frames the Twilio serializer resamples
+  24 -> 8 kHz, both with soxr's `ResampleStream` at `VHQ` (its `create_stream_resampler()` default). Fed
+  20 ms frames, that stream releases its output in blocks of about 140 ms: the audio it holds back cycles
+  from 30 to 150 ms (mean 85 ms; soxr 1.0.0 in the peers venv, 200 frames). That is pipecat's 1-call
+  floor, so it holds no call at p99 <= 20 ms; the bridge sends `audio/pcmu` both ways and resamples
+  nothing. pipecat offers no setting for it: the 24 kHz conversion is in the service's code.
+- **Truncation error, +400 ms.** pipecat sends no marks. On `speech_started` it truncates the item at
+  `min(wall-clock since its first delta arrived, audio received)`, which counts the time that audio spent
+  in pipecat's resampler and output pacing, on the wire and in the handset's playout buffer (200 ms here)
+  as heard. twilio-samples' timestamp arithmetic measures the same span on Twilio's stream clock and
+  makes the same error. The bridge truncates at what the marks say was played.
+- **Barge-in, a few ms from `speech_started` to silence.** pipecat turns `speech_started` into an
+  interruption at once and sends Twilio `clear`; its output is paced at 2x real time, so the phone never
+  holds much to clear.
+- **Calls held.** Judged against its own floor (p99 at most 20 ms above its 1-call p99), one pipecat
+  process holds the calls in the table at about half a core: per call it runs a pipeline of frame
+  processors, each with its own asyncio tasks and queues, two soxr streams and its output clock, in one
+  event loop.
+
 ## Reproduce
 
 ```

@@ -1,6 +1,6 @@
 """Side by side with pipecat: the same calls through the bridge (``AGENT=openai``) and through a pipecat bot.
 
-Run: ``bash benchmarks/peers/setup_venv.sh && pytest benchmarks/peers -s`` (about 15 minutes). A plain
+Run: ``bash benchmarks/peers/setup_venv.sh && pytest benchmarks/peers -s`` (about 25 minutes). A plain
 ``pytest benchmarks`` skips it (``conftest.py`` here); ``.ci/run`` never runs it.
 
 Both relays sit between the same lean Twilio callers and the product's OpenAI Realtime emulator, in one
@@ -19,6 +19,13 @@ Ratios are of the medians of this run. The table goes to ``benchmarks/results/pe
 
 If this tree cannot run ``AGENT=openai`` (no session reaches the emulator), ours is reported as not run,
 with the reason, and pipecat's figures stand alone.
+
+Settings (environment): ``PEERS_VENV`` (pipecat's venv, default ``benchmarks/peers/.venv``), ``PEERS_REPS``
+(3), ``PEERS_CAPACITY_REPS`` (3), ``PEERS_CAPACITY_BUDGET_S`` (1200: the capacity searches stop there, and
+the report says how many ran), ``PEERS_BRIDGE_TREE`` (measure the bridge of another checkout).
+
+This machine may be shared: every capacity step records the CPU other processes used meanwhile, and a
+failing step on a busy machine is run again (at most ``MAX_RERUNS`` per search).
 """
 
 from __future__ import annotations
@@ -63,17 +70,32 @@ SCENARIO: Final = Scenario()
 #: Capacity steps measure a shorter window: the search has many of them.
 CAPACITY_SCENARIO: Final = Scenario(window_s=5.0, settle_s=1.5)
 P99_BAR_S: Final = 0.020
-CAPACITY_GRID: Final = (5, 10, 20, 30, 40, 60, 80, 100, 130)
+CAPACITY_GRID: Final = (10, 20, 30, 40, 60, 80, 100, 130)
 CAPACITY_RESOLUTION: Final = 0.1  # stop bisecting at max(2 calls, this share of the holding N)
 CAPACITY_MAX_STEPS: Final = 10  # per search, reruns not counted
 #: A failing step while other processes used more than this share of a core is run again (at most
 #: MAX_RERUNS per search): this machine may be shared.
 OTHERS_BUSY_PCT: Final = 25.0
 MAX_RERUNS: Final = 3
-CAPACITY_BUDGET_S: Final = float(os.environ.get("PEERS_CAPACITY_BUDGET_S", "900"))
+CAPACITY_BUDGET_S: Final = float(os.environ.get("PEERS_CAPACITY_BUDGET_S", "1200"))
 
 OURS: Final = "speakr-bridge"
 PIPECAT: Final = "pipecat"
+
+
+#: Measure the bridge of another checkout instead of this one (its ``bridge`` package first on the path).
+BRIDGE_TREE: Final = os.environ.get("PEERS_BRIDGE_TREE")
+
+
+def _bridge_python() -> list[str]:
+    """``python -m bridge``, of this tree or of ``PEERS_BRIDGE_TREE``."""
+    if not BRIDGE_TREE:
+        return [sys.executable, "-m", "bridge"]
+    code = (
+        f"import runpy, sys; sys.path.insert(0, {BRIDGE_TREE!r}); "
+        "runpy.run_module('bridge', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", code]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,18 +110,9 @@ class Relay:
 RELAYS: Final = {
     OURS: Relay(
         OURS,
-        lambda port: [
-            sys.executable,
-            "-m",
-            "bridge",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
+        lambda port: (
+            _bridge_python() + ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        ),
         lambda url: {
             "AGENT": "openai",
             "OPENAI_REALTIME_URL": url,
@@ -260,7 +273,7 @@ def fmt(triple: tuple[float, float, float], digits: int = 1) -> str:
 
 async def capacity_search(
     relay: Relay, workdir: Path, deadline: float, log: Callable[[str], None]
-) -> tuple[int, list[Step]]:
+) -> tuple[int, list[Step], bool]:
     """The most calls ``relay`` holds (:attr:`Step.holds`): one call for its floor, a grid up to the first
     failure, then bisection."""
     floor = await run_step(relay, 1, CAPACITY_SCENARIO, workdir)
@@ -271,6 +284,7 @@ async def capacity_search(
     best, worst = 0, None
     candidates = iter(CAPACITY_GRID)
     n = next(candidates)
+    complete = False
     for _ in range(CAPACITY_MAX_STEPS):
         if time.monotonic() > deadline:
             break
@@ -294,12 +308,14 @@ async def capacity_search(
         if worst is None:
             n = next(candidates, 0)
             if not n:
+                complete = True
                 break
             continue
         if worst - best <= max(2, CAPACITY_RESOLUTION * best):
+            complete = True
             break
         n = (best + worst) // 2
-    return best, steps
+    return best, steps, complete
 
 
 @dataclass(slots=True)
@@ -346,10 +362,13 @@ async def compare(workdir: Path, log: Callable[[str], None]) -> Comparison:
     deadline = time.monotonic() + CAPACITY_BUDGET_S
     for _ in range(CAPACITY_REPS):
         for name in relays:
-            best, steps = await capacity_search(RELAYS[name], workdir, deadline, log)
+            best, steps, complete = await capacity_search(RELAYS[name], workdir, deadline, log)
+            out.capacity_steps += steps
+            if not complete:  # cut short by the budget: its best is only a lower bound
+                log(f"  capacity {name}: search cut short by the budget, not counted")
+                continue
             out.capacity[name].append(best)
             out.capacity_strict[name].append(max((s.calls for s in steps if s.holds_strict), default=0))
-            out.capacity_steps += steps
             out.rss_slopes.setdefault(name, []).append(rss_slope_kib(steps))
     out.seconds = time.monotonic() - t0
     return out
@@ -449,6 +468,8 @@ def report(c: Comparison) -> str:
         ):
             ratio = vals[OURS] / vals[PIPECAT] if counts else abs(vals[PIPECAT]) / abs(vals[OURS])
             cells.append(f"{ratio:.2f}" + (" (ours / pipecat)" if counts else ""))
+        elif counts and vals.get(PIPECAT) == 0 and vals.get(OURS):
+            cells.append("pipecat holds none")
         else:
             cells.append("")
         rows.append(cells)
@@ -494,7 +515,9 @@ def report(c: Comparison) -> str:
     )
     barges = {n: sum(s.result.barges for s in c.latency[n]) for n in c.relays}
     head = (
-        f"{machine_line()}. Commit {_commit()}, {time.strftime('%Y-%m-%d', time.gmtime())}. "
+        f"{machine_line()}. Commit {_commit()}"
+        + (f" (the bridge measured from {BRIDGE_TREE})" if BRIDGE_TREE else "")
+        + f", {time.strftime('%Y-%m-%d', time.gmtime())}. "
         f"Peer: {_versions()}; uvicorn without uvloop/httptools (plain `uvicorn`, as pipecat's runner extra "
         f"pins it). Whole run: {c.seconds:.0f} s.\n\n"
         f"Load: {LATENCY_CALLS} concurrent calls for the latency rows, {REPS} repetitions alternating "
@@ -502,7 +525,8 @@ def report(c: Comparison) -> str:
         f"every {SCENARIO.cycle_s:.0f} s, 20 ms frames in real time; agent (the OpenAI Realtime emulator): a "
         f"{SCENARIO.reply_ms / 1000:.0f} s answer in {SCENARIO.delta_ms} ms deltas in real time, barged in "
         f"on every cycle ({', '.join(f'{n}: {b}' for n, b in barges.items())} barge-ins measured); handset "
-        f"playout delay {SCENARIO.playout_delay_ms} ms. Capacity: {CAPACITY_REPS} searches per relay, "
+        f"playout delay {SCENARIO.playout_delay_ms} ms. Capacity: searches completed "
+        f"({', '.join(f'{n}: {len(c.capacity[n])}' for n in c.relays)}; {CAPACITY_REPS} asked), "
         f"{CAPACITY_SCENARIO.window_s:.0f} s windows.\n\n"
         "Each cell: median of the repetitions (range). Truncation error: `audio_end_ms` the emulator "
         "received minus what the phone played of the item (positive: the agent believes the caller heard "

@@ -7,9 +7,9 @@ per call than the server does. It therefore speaks WebSocket itself (``_harness`
 sockets, one shared epoll set waited on by one Trio task, no trio-websocket, no wsproto; caller frames
 masked with the all-zero key, agent-side binary frames counted, never unmasked). What
 crosses the wire is built and checked with the product's own protocol modules (``bridge._twilio`` builders
-and the strict ``parse_outbound``, ``bridge._speakr`` builders) and the caller's phone is the emulators'
-:class:`~bridge.emulators.PhonePlayback` (plays in real time, echoes marks when their audio has played, all
-at once on ``clear``), so the bridge sees the traffic Twilio would send.
+and the strict ``parse_outbound``, ``bridge.agents.speakr._wire`` builders) and the caller's phone is the
+emulators' :class:`~bridge.emulators.PhonePlayback` (plays in real time, echoes marks when their audio has
+played, all at once on ``clear``), so the bridge sees the traffic Twilio would send.
 
 One task, the *ticker*, runs every caller's phone clock: it wakes every 2 ms and serves the tenth of the
 callers whose 20 ms phase falls there (calls are spread over the 20 ms like real calls, not sent in one
@@ -66,8 +66,9 @@ from _harness import (
 )
 
 import codec
-from bridge import _speakr, _twilio
+from bridge import _twilio
 from bridge._errors import TwilioProtocolError
+from bridge.agents.speakr import _wire as _speakr
 from bridge.emulators import PhonePlayback
 
 __all__ = ["LeanAgentServer", "LoadProfile", "LoadResult", "LoadRun", "drive_load", "setup_times"]

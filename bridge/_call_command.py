@@ -15,8 +15,7 @@ from typing import TextIO
 
 from bridge._config import Config
 from bridge._errors import ConfigError
-from bridge._outbound import CallRequestError, call_request_from_params, prepare_call
-from bridge._speakr import WIRE_FIELDS
+from bridge._outbound import CALL_FIELDS, CallRequestError, call_request_from_params, prepare_call
 from bridge._twilio_rest import STATUS_CALLBACK_EVENTS, CallInfo, TwilioRest, TwilioRestError
 
 __all__ = ["add_call_parser", "call_command", "place_call"]
@@ -95,7 +94,7 @@ def add_call_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
     """Add the ``call`` sub-command (its ``func`` default runs :func:`call_command`)."""
-    fields = ", ".join(WIRE_FIELDS)
+    fields = ", ".join(CALL_FIELDS)
     parser = subparsers.add_parser(
         "call",
         help="place an outbound call through Twilio's REST API",

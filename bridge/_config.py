@@ -19,40 +19,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 from bridge._errors import ConfigError
-from bridge._speakr import validate_field
+from bridge._secret import Secret
+from bridge.agents._settings import AGENTS, DeepgramSettings, OpenAISettings
+from bridge.agents.speakr._wire import validate_field
 
 __all__ = ["Config", "Secret", "load_config"]
-
-
-class Secret:
-    """A string that never shows itself: ``repr``/``str`` print asterisks.
-
-    Call :meth:`reveal` at the one place the real value is needed (a URL being
-    dialled, an HMAC key). ``bool(secret)`` is False for an empty value.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')" if self._value else "Secret('')"
-
-    def __str__(self) -> str:
-        return "********" if self._value else ""
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 def _redact(value: object) -> str:
@@ -102,12 +73,23 @@ class Config:
     #: Call records kept in the store: at most this many, each for at most this long after its last change.
     call_records_max: int = 10_000
     call_records_max_age_s: float = 24 * 3600.0
+    #: Which backend answers calls (a call's ``agent`` parameter may pick another).
+    agent: str = "speakr"
+    openai: OpenAISettings = field(default_factory=OpenAISettings)
+    deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
 
     def agent_url(self) -> str | None:
         """The Speakr URL with ``api_key`` added to its query. Contains the key: never log it."""
         if self.speakr_ws_url is None:
             return None
         return with_api_key(self.speakr_ws_url, self.speakr_api_key.reveal())
+
+    def secrets(self) -> tuple[Secret, ...]:
+        """Every key, token and password configured: registered with the log scrubber at start."""
+        return (
+            self.speakr_api_key, self.twilio_auth_token, self.bridge_api_token,
+            self.openai.api_key, self.deepgram.api_key,
+        )
 
     def __repr__(self) -> str:
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self.redacted().items()) + ")"
@@ -216,6 +198,13 @@ def _start_field(wire: str) -> Any:
     return parse
 
 
+def _agent(var: str, raw: str) -> str:
+    name = raw.lower()
+    if name not in AGENTS:
+        raise ConfigError(var, f"{var} must be one of {', '.join(AGENTS)}, got {raw!r}")
+    return name
+
+
 def _log_format(var: str, raw: str) -> str:
     if raw not in ("console", "json"):
         raise ConfigError(var, f"{var} must be 'console' or 'json', got {raw!r}")
@@ -231,6 +220,7 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "SPEAKR_THRESHOLD": ("threshold", _start_field("threshold")),
     "SPEAKR_SILENCE_DURATION_MS": ("silence_duration_ms", _start_field("silenceDuration")),
     "SPEAKR_PREFIX_PADDING": ("prefix_padding", _start_field("prefixPadding")),
+    "AGENT": ("agent", _agent),
     "PUBLIC_URL": ("public_url", _http_url),
     "TWILIO_AUTH_TOKEN": ("twilio_auth_token", _secret),
     "TWILIO_ACCOUNT_SID": ("twilio_account_sid", _str),
@@ -254,7 +244,11 @@ _VARIABLES: dict[str, tuple[str, Any]] = {
     "BRIDGE_AGENT_STALL_TIMEOUT_S": ("agent_stall_timeout_s", _float_in(0.1, 120.0)),
 }
 
-VARIABLES = tuple(_VARIABLES)
+
+
+#: Every variable ``load_config`` reads (``.env.example`` documents each one; a test holds it to that).
+VARIABLES = (*_VARIABLES, "AGENT_SYSTEM_PROMPT", "OPENAI_API_KEY", "OPENAI_REALTIME_URL", "OPENAI_VOICE",
+             "DEEPGRAM_API_KEY", "DEEPGRAM_AGENT_URL")
 
 
 def load_config(
@@ -275,4 +269,9 @@ def load_config(
         if raw is None or raw.strip() == "":
             continue
         values[name] = parse(var, raw if var == "SPEAKR_SYSTEM_PROMPT" else raw.strip())
+    prompt = merged.get("AGENT_SYSTEM_PROMPT")
+    if prompt is not None and prompt.strip():  # the agent-neutral name wins over SPEAKR_SYSTEM_PROMPT
+        values["system_prompt"] = _start_field("system_prompt")("AGENT_SYSTEM_PROMPT", prompt)
+    values["openai"] = OpenAISettings.from_env(merged)
+    values["deepgram"] = DeepgramSettings.from_env(merged)
     return Config(**values)

@@ -4,11 +4,12 @@ Theory of operation
 -------------------
 :func:`run_demo` owns one nursery holding the three parties of a real call, all on 127.0.0.1:
 
-- the agent: the built-in local echo agent (:class:`~bridge._local_agent.LocalAgentServer`, the one ``serve``
-  starts when ``SPEAKR_WS_URL`` is unset), or the agent at ``agent_url``. The demo starts the local agent
-  itself rather than letting the app do it, for two reasons: its speech is paced on the wall clock, so at
-  ``speed`` k its pace must be k times the usual one for the phone to hear it as the app's agent would sound
-  in real time; and its per-session statistics (turns, pauses, continues, clears) go into the summary.
+- the agent: the built-in local echo agent (:class:`~bridge.agents.speakr._local_agent.LocalAgentServer`, the
+  one ``serve`` starts when ``SPEAKR_WS_URL`` is unset), or the agent at ``agent_url``. The demo starts the
+  local agent itself rather than letting the app do it, for two reasons: its speech is paced on the wall
+  clock, so at ``speed`` k its pace must be k times the usual one for the phone to hear it as the app's
+  agent would sound in real time; and its per-session statistics (turns, pauses, continues, clears) go into
+  the summary.
 - the bridge: ``create_app`` served by Hypercorn on a free port, exactly as ``serve`` runs it, with a
   per-run random Twilio auth token, so the signed webhook, the per-call ``bridge_token`` and the signed
   stream upgrade are all exercised (and nobody else on the machine can open a session on it meanwhile).
@@ -35,7 +36,7 @@ import math
 import os
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -48,12 +49,11 @@ import trio
 
 import codec
 from bridge._config import Config, Secret
-from bridge._local_agent import DEFAULT_SPEECH_PACE, LocalAgentServer, SessionStats
 from bridge._metrics import Metrics
 from bridge._server import serve_in_process
 from bridge._simulate import (
-    CALL_RATE,
     SAFETY_MARGIN_S,
+    SAMPLE_RATE,
     InputAudio,
     UsageError,
     default_hangup_s,
@@ -63,6 +63,8 @@ from bridge._simulate import (
     played_s,
 )
 from bridge._vad import TurnDetector, Utterance, frame_levels_dbfs, threshold_dbfs
+from bridge.agents._settings import DeepgramSettings, OpenAISettings
+from bridge.agents.speakr._local_agent import DEFAULT_SPEECH_PACE, LocalAgentServer, SessionStats
 from bridge.app import STREAM_PATH, create_app
 from bridge.emulators import CallRecord, TwilioCaller
 
@@ -321,6 +323,7 @@ class DemoResult:
     input: InputAudio
     agent_url: str
     local_agent: bool
+    agent_name: str
     speed: float
     hangup_s: float
     duration_s: float
@@ -350,9 +353,12 @@ class DemoResult:
         """The printed summary (stdout)."""
         f, m, b = self.frames, self.marks, self.barge_in
         src = self.input
-        agent = (
-            "built-in local echo agent" if self.local_agent else "external agent"
-        ) + f" at {self.agent_url}"
+        name = self.agent_name
+        if name != "speakr":
+            agent = f"{name} (the bundled offline emulator) at {self.agent_url}"
+        else:
+            kind = "built-in local echo agent" if self.local_agent else "external agent"
+            agent = f"{kind} at {self.agent_url}"
         turns = f"; agent turns {self.agent.turns}" if self.agent is not None else ""
         ends = ", ".join(f"{k}" for k in sorted(self.bridge_end_reasons)) or "-"
         first = "-" if self.first_audio_s is None else f"{self.first_audio_s:.2f} s"
@@ -370,7 +376,7 @@ class DemoResult:
             (
                 "input",
                 f"{src.source} ({src.source_rate} Hz, {src.source_channels} ch) → {src.duration_s:.2f} s "
-                f"at {CALL_RATE} Hz",
+                f"at {SAMPLE_RATE} Hz",
             ),
             ("agent", agent),
             (
@@ -381,8 +387,9 @@ class DemoResult:
             ),
             (
                 "frames",
-                f"caller→bridge {f['twilio_in']} (20 ms)  bridge→agent {f['speakr_out']} (32 ms)  "
-                f"agent→bridge {f['speakr_in']}  bridge→caller {f['twilio_out']}",
+                f"caller→bridge {f['twilio_in']} (20 ms)  bridge→agent {f[name + '_out']} "
+                f"({'32' if name == 'speakr' else '20'} ms)  "
+                f"agent→bridge {f[name + '_in']}  bridge→caller {f['twilio_out']}",
             ),
             ("heard", f"{self.heard_s:.2f} s of agent audio played, the first at {first}"),
             (
@@ -397,14 +404,14 @@ class DemoResult:
                 ),
             ),
             ("barge-in", f"pause {b['pause']}, continue {b['continue']}, clear {b['clear']}{turns}"),
-            ("uplink hop", hop(self.uplink_hop_s, "uplink") + "  Twilio media in → Speakr frame out"),
-            ("downlink hop", hop(self.downlink_hop_s, "downlink") + "  Speakr media in → Twilio media out"),
+            ("uplink hop", hop(self.uplink_hop_s, "uplink") + "  Twilio media in → agent frame out"),
+            ("downlink hop", hop(self.downlink_hop_s, "downlink") + "  agent audio in → Twilio media out"),
             ("start → ready", ms(self.start_to_ready_s)),
             ("protocol errors", str(self.protocol_errors)),
             ("codec", self.codec_implementation),
             (
                 "recording",
-                f"{self.output_path} (stereo 16-bit {CALL_RATE} Hz: left caller, right what the "
+                f"{self.output_path} (stereo 16-bit {SAMPLE_RATE} Hz: left caller, right what the "
                 "caller heard)",
             ),
             ("result", "healthy" if self.healthy else "UNHEALTHY: " + "; ".join(self.problems)),
@@ -418,7 +425,7 @@ class DemoResult:
 def _first_utterance_end_s(audio: InputAudio) -> float | None:
     """Phone time at which the built-in agent would take the caller's first turn as finished."""
     detector = TurnDetector()
-    for event in detector.feed(audio.pcm + bytes(4 * CALL_RATE)):
+    for event in detector.feed(audio.pcm + bytes(4 * SAMPLE_RATE)):
         if isinstance(event, Utterance):
             return event.time_s
     return None
@@ -448,8 +455,8 @@ def _check(
     if first_turn is None:
         problems.append("no speech found in the input: nothing for the agent to answer")
     else:
-        heard = np.frombuffer(rec.heard_pcm, dtype="<i2")[int(first_turn * CALL_RATE) :]
-        if np.count_nonzero(heard) < MIN_ANSWER_S * CALL_RATE:
+        heard = np.frombuffer(rec.heard_pcm, dtype="<i2")[int(first_turn * SAMPLE_RATE) :]
+        if np.count_nonzero(heard) < MIN_ANSWER_S * SAMPLE_RATE:
             problems.append(
                 f"the agent never answered (nothing heard after the caller's turn at {first_turn:.1f} s)"
             )
@@ -475,10 +482,24 @@ def _check(
 
 
 def demo_config(
-    env: Config | None, agent_url: str, twilio_auth_token: str, *, external_agent: bool
+    env: Config | None,
+    agent_url: str,
+    twilio_auth_token: str,
+    *,
+    external_agent: bool,
+    agent: str = "speakr",
+    backend: Mapping[str, Any] | None = None,
 ) -> Config:
-    """The demo bridge's configuration: defaults, what the module docstring allows from ``env``, loopback."""
-    values: dict[str, Any] = {"speakr_ws_url": agent_url, "twilio_auth_token": Secret(twilio_auth_token)}
+    """The demo bridge's configuration: defaults, what the module docstring allows from ``env``, loopback.
+
+    ``agent`` picks the backend; ``backend`` holds its settings (pointing at its emulator) for other backends.
+    """
+    values: dict[str, Any] = {
+        "speakr_ws_url": agent_url,
+        "twilio_auth_token": Secret(twilio_auth_token),
+        "agent": agent,
+        **(backend or {}),
+    }
     if env is not None:
         values["log_format"] = env.log_format
         if external_agent:
@@ -495,6 +516,33 @@ def demo_config(
             ):
                 values[name] = getattr(env, name)
     return dataclasses.replace(Config(), **values)
+
+
+async def start_emulated_backend(
+    nursery: trio.Nursery, name: str, speed: float
+) -> tuple[dict[str, Any], str]:
+    """Start the bundled emulator of backend ``name`` on loopback: the Config fields that point the bridge at
+    it, and its URL (for the summary)."""
+    if name == "openai":
+        from bridge.agents.openai import DEFAULT_API_KEY as OPENAI_KEY
+        from bridge.agents.openai import OpenAIRealtimeServer
+
+        server = OpenAIRealtimeServer()
+        await nursery.start(server.serve)
+        return {"openai": OpenAISettings(url=server.url, api_key=Secret(OPENAI_KEY))}, server.url
+    if name == "deepgram":
+        from bridge.agents.deepgram import DEFAULT_API_KEY as DEEPGRAM_KEY
+        from bridge.agents.deepgram import DeepgramAgentServer
+
+        dg = DeepgramAgentServer()
+        await nursery.start(dg.serve)
+        return {"deepgram": DeepgramSettings(url=dg.url, api_key=Secret(DEEPGRAM_KEY))}, dg.url
+    if name == "cascade":
+        from bridge.agents.cascade import demo_backend
+
+        fields, url = await demo_backend(nursery, speed)
+        return fields, url
+    raise UsageError(f"--agent must be speakr, openai, deepgram or cascade, got {name!r}")
 
 
 def _check_arguments(output_path: str | os.PathLike[str], agent_url: str | None, speed: float) -> Path:
@@ -523,6 +571,7 @@ async def run_demo(
     progress: TextIO | None = None,
     env_config: Config | None = None,
     log_level: int | None = None,
+    agent_name: str = "speakr",
 ) -> DemoResult:
     """Runs one loopback call: the built-in agent (or ``agent_url``), the bridge, a caller speaking the input.
 
@@ -531,6 +580,8 @@ async def run_demo(
         audio: the input, already loaded (:func:`~bridge._simulate.load_input`); overrides ``input_path``.
         output_path: where the call is written as a stereo WAV (left caller, right what it heard).
         agent_url: a Speakr-protocol agent to use instead of the built-in one.
+        agent_name: the backend that answers: ``speakr`` (the built-in agent or ``agent_url``), or ``openai``,
+            ``deepgram``, ``cascade`` against their bundled emulators (:func:`start_emulated_backend`).
         speed: phone clock rate; 1.0 is real time. The built-in agent's pace follows it.
         progress: where the live progress goes (``None``: nowhere).
         env_config: the user's configuration; only the parts the module docstring names are used.
@@ -546,12 +597,21 @@ async def run_demo(
     token = secrets.token_urlsafe(24)
     agent: LocalAgentServer | None = None
     async with trio.open_nursery() as nursery:
-        if agent_url is None:
+        backend: dict[str, Any] = {}
+        if agent_name != "speakr":
+            backend, emulator_url = await start_emulated_backend(nursery, agent_name, speed)
+            agent_url = emulator_url
+        elif agent_url is None:
             agent = LocalAgentServer(speech_pace=DEFAULT_SPEECH_PACE * speed)
             await nursery.start(agent.serve)
         url = agent.url if agent is not None else agent_url
         assert url is not None
-        app = create_app(demo_config(env_config, url, token, external_agent=agent is None))
+        app = create_app(
+            demo_config(
+                env_config, url if agent_name == "speakr" else "ws://127.0.0.1:9/unused", token,
+                external_agent=agent is None and agent_name == "speakr", agent=agent_name, backend=backend,
+            )
+        )
         if log_level is not None:
             logging.getLogger("bridge").setLevel(log_level)
         state = app.extensions["bridge"]
@@ -587,7 +647,9 @@ async def run_demo(
         write_error = None
     except OSError as exc:
         write_error = f"could not write the recording to {output}: {exc.strerror or exc}"
-    return _result(rec, audio, output, url, agent, speed, hangup_s, metrics, hops, tap, write_error)
+    return _result(
+        rec, audio, output, url, agent, speed, hangup_s, metrics, hops, tap, write_error, agent_name
+    )
 
 
 def _result(
@@ -602,11 +664,12 @@ def _result(
     hops: _HopRecorder,
     tap: _StreamTap,
     write_error: str | None,
+    agent_name: str = "speakr",
 ) -> DemoResult:
     session = agent.recent_sessions[-1] if agent is not None and agent.recent_sessions else None
     frames = {
         d: int(_sample(metrics, "bridge_frames_total", direction=d))
-        for d in ("twilio_in", "speakr_out", "speakr_in", "twilio_out")
+        for d in ("twilio_in", f"{agent_name}_out", f"{agent_name}_in", "twilio_out")
     }
     barge_in = {
         e: int(_sample(metrics, "bridge_barge_in_events_total", event=e))
@@ -632,6 +695,7 @@ def _result(
         input=audio,
         agent_url=agent_url,
         local_agent=agent is not None,
+        agent_name=agent_name,
         speed=speed,
         hangup_s=hangup_s,
         duration_s=rec.duration_s,
@@ -660,6 +724,7 @@ def demo_command(
     input_path: str | None,
     output_path: str,
     agent_url: str | None,
+    agent: str = "speakr",
     speed: float,
     quiet: bool,
     env_config: Config,
@@ -688,6 +753,7 @@ def demo_command(
             audio=audio,
             output_path=output_path,
             agent_url=agent_url,
+            agent_name=agent,
             speed=speed,
             progress=None if quiet else err,
             env_config=env_config,

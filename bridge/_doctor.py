@@ -15,10 +15,10 @@ import trio
 import trio_websocket
 
 import codec
-from bridge import _speakr
 from bridge._config import Config, load_config
 from bridge._errors import SpeakrProtocolError
 from bridge._logging import register_secret, scrub
+from bridge.agents.speakr import _wire as _speakr
 
 __all__ = ["doctor_command", "check_agent"]
 
@@ -103,9 +103,23 @@ async def _run(config: Config) -> list[Finding]:
                                       "who reaches the server can open agent sessions"))
     else:
         findings.append(Finding(OK, "Twilio signature checks on"))
+    findings.append(Finding(OK, f"agent: {config.agent} (AGENT; a call's agent parameter may pick another)"))
+    if config.agent in ("openai", "deepgram"):
+        from bridge._doctor_agents import check_deepgram, check_openai
+
+        settings = config.openai if config.agent == "openai" else config.deepgram
+        variable = "OPENAI_REALTIME_URL" if config.agent == "openai" else "DEEPGRAM_AGENT_URL"
+        if not settings.api_key:
+            findings.append(Finding(WARN, f"{config.agent.upper()}_API_KEY unset"))
+        if urlsplit(settings.url).scheme != "wss":
+            findings.append(Finding(WARN, f"{variable} is not wss://: audio travels unencrypted"))
+        check = await (check_openai if config.agent == "openai" else check_deepgram)(config)
+        findings.append(Finding(OK if check.ok else FAIL, check.what))
     agent_url = config.agent_url()
-    if agent_url is None:
-        from bridge._local_agent import LocalAgentServer
+    if config.agent != "speakr":
+        pass
+    elif agent_url is None:
+        from bridge.agents.speakr._local_agent import LocalAgentServer
 
         async with trio.open_nursery() as nursery:
             agent = LocalAgentServer()
@@ -134,7 +148,7 @@ def _say(text: str = "") -> None:
 
 def doctor_command() -> int:
     config = load_config()
-    for secret in (config.speakr_api_key, config.twilio_auth_token, config.bridge_api_token):
+    for secret in config.secrets():
         register_secret(secret.reveal())
     _say("speakr-bridge doctor\n\nconfiguration (secrets redacted):")
     for name, value in config.redacted().items():

@@ -25,7 +25,7 @@ from typing import Final, Self
 import trio
 import trio_websocket
 
-__all__ = ["LoopbackWebSocketServer", "header"]
+__all__ = ["CLOSE_TIMEOUT_S", "LoopbackWebSocketServer", "header"]
 
 log = logging.getLogger("bridge.emulators.server")
 
@@ -33,6 +33,9 @@ log = logging.getLogger("bridge.emulators.server")
 #: server must report it rather than hang up.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 5.0
+#: How long a loopback server (an emulator, the local agent) waits for a closing handshake its peer never
+#: answers.
+CLOSE_TIMEOUT_S: Final = 5.0
 #: How many contained errors are kept as text (all are counted).
 RECENT_ERRORS: Final = 20
 

@@ -194,7 +194,18 @@ class Metrics:
             buckets=_READY_BUCKETS, registry=r,
         )
         self.agent_ready = Histogram(
-            "bridge_agent_ready_seconds", "Twilio start to Speakr ready", buckets=_READY_BUCKETS, registry=r
+            "bridge_agent_ready_seconds", "Twilio start to the agent ready for caller audio",
+            buckets=_READY_BUCKETS, registry=r,
+        )
+        self.turn_latency = Histogram(
+            "bridge_turn_latency_seconds",
+            "End of the caller's turn to the agent's first audio: source=bridge (the agent's VAD said the "
+            "caller stopped, to our first audio sent to Twilio) or source=agent (latency the agent reports)",
+            ["agent", "source"], buckets=_TURN_BUCKETS, registry=r,
+        )
+        self.agent_errors = Counter(
+            "bridge_agent_errors", "Errors the agent reported (OpenAI error, Deepgram Error), by code",
+            ["agent", "code"], registry=r,
         )
 
     def render(self) -> bytes:
@@ -204,6 +215,10 @@ class Metrics:
             multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
             return generate_latest(combined)
         return generate_latest(self.registry)
+
+
+#: A turn's latency: from a fast local model (~0.3 s) to a slow cascade (several seconds).
+_TURN_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
 
 
 def _multiprocess() -> bool:
@@ -217,12 +232,18 @@ class CallCounters:
 
     twilio_frames_in: int = 0
     twilio_bytes_in: int = 0
-    speakr_frames_out: int = 0
-    speakr_bytes_out: int = 0
-    speakr_media_in: int = 0
-    speakr_bytes_in: int = 0
+    agent_frames_out: int = 0
+    agent_bytes_out: int = 0
+    agent_media_in: int = 0
+    agent_bytes_in: int = 0
     twilio_media_out: int = 0
     twilio_bytes_out: int = 0
+    #: The ``direction`` labels of the agent's side: ``<backend>_out`` / ``<backend>_in`` (``speakr_out``...).
+    agent_out: str = "speakr_out"
+    agent_in: str = "speakr_in"
+
+    def name_agent(self, backend: str) -> None:
+        self.agent_out, self.agent_in = f"{backend}_out", f"{backend}_in"
 
     def flush(self, metrics: Metrics) -> None:
         """Add what was counted since the last flush to the registry, then start again."""
@@ -230,14 +251,15 @@ class CallCounters:
         if self.twilio_frames_in:
             f.labels("twilio_in").inc(self.twilio_frames_in)
             b.labels("twilio_in").inc(self.twilio_bytes_in)
-        if self.speakr_frames_out:
-            f.labels("speakr_out").inc(self.speakr_frames_out)
-            b.labels("speakr_out").inc(self.speakr_bytes_out)
-        if self.speakr_media_in:
-            f.labels("speakr_in").inc(self.speakr_media_in)
-            b.labels("speakr_in").inc(self.speakr_bytes_in)
+        if self.agent_frames_out:
+            f.labels(self.agent_out).inc(self.agent_frames_out)
+            b.labels(self.agent_out).inc(self.agent_bytes_out)
+        if self.agent_media_in:
+            f.labels(self.agent_in).inc(self.agent_media_in)
+            b.labels(self.agent_in).inc(self.agent_bytes_in)
         if self.twilio_media_out:
             f.labels("twilio_out").inc(self.twilio_media_out)
             b.labels("twilio_out").inc(self.twilio_bytes_out)
         for fld in fields(self):
-            setattr(self, fld.name, 0)
+            if fld.type == "int":
+                setattr(self, fld.name, 0)

@@ -60,11 +60,12 @@ from quart import Blueprint, Response, request
 from bridge._config import Config
 from bridge._errors import ConfigError, short_repr
 from bridge._metrics import Metrics
-from bridge._speakr import WIRE_FIELDS, validate_field
 from bridge._store import MemoryStore, Store, StoreUnavailable
 from bridge._tokens import CallTokens
 from bridge._twilio_rest import STATUS_CALLBACK_EVENTS, TwilioRest, TwilioRestError
 from bridge._twiml import connect_twiml, stream_url
+from bridge.agents import AGENTS
+from bridge.agents.speakr._wire import WIRE_FIELDS, validate_field
 
 __all__ = [
     "NONCE_PARAMETER",
@@ -106,7 +107,12 @@ _NONCE = re.compile(r"[0-9a-f]{32}")
 # Characters XML 1.0 cannot carry at all: a prompt holding one would make Twilio reject the TwiML.
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _NUMERIC_FIELDS: Final = frozenset({"temperature", "threshold", "silenceDuration", "prefixPadding"})
-REQUEST_FIELDS: Final = ("to", "from", *WIRE_FIELDS, "metadata", "machine_detection", "voicemail_message")
+#: Per-call settings, sent to the call as stream parameters: the start-message fields, the backend that
+#: answers (``agent``) and what it should achieve (``goal``, added to its instructions).
+CALL_FIELDS: Final = (*WIRE_FIELDS, "agent", "goal")
+REQUEST_FIELDS: Final = ("to", "from", *CALL_FIELDS, "metadata", "machine_detection", "voicemail_message")
+#: A goal is a sentence or a short paragraph: it goes into the agent's instructions.
+GOAL_MAX_CHARS: Final = 2000
 #: ``machine_detection`` values: what to do when a machine answers (see ``_amd.py``).
 AMD_ACTIONS: Final = ("hangup", "voicemail")
 #: A voicemail message is spoken by Twilio's <Say>: keep it to a minute or so of speech.
@@ -174,6 +180,16 @@ def _phone(name: str, value: object) -> str:
 
 
 def _setting(wire: str, value: object, *, json_types: bool) -> float | int | str:
+    if wire == "agent":
+        if type(value) is not str or value.strip().lower() not in AGENTS:
+            raise CallRequestError(wire, f"agent must be one of {', '.join(AGENTS)}, got {short_repr(value)}")
+        return value.strip().lower()
+    if wire == "goal":
+        if type(value) is not str or not value.strip() or len(value) > GOAL_MAX_CHARS:
+            raise CallRequestError(wire, f"goal must be text of 1 to {GOAL_MAX_CHARS} characters")
+        if _XML_ILLEGAL.search(value):
+            raise CallRequestError(wire, "goal contains control characters that cannot travel in TwiML")
+        return value
     if json_types:
         numeric = type(value) is int or type(value) is float
         if wire in _NUMERIC_FIELDS and not numeric:
@@ -220,7 +236,7 @@ def parse_call_request(body: object) -> CallRequest:
         raise CallRequestError("to", "to is required")
     to = _phone("to", body["to"])
     from_ = None if body.get("from") is None else _phone("from", body["from"])
-    settings = {wire: _setting(wire, body[wire], json_types=True) for wire in WIRE_FIELDS if wire in body}
+    settings = {wire: _setting(wire, body[wire], json_types=True) for wire in CALL_FIELDS if wire in body}
     amd = body.get("machine_detection")
     if amd is not None and amd not in AMD_ACTIONS:
         choices = ", ".join(AMD_ACTIONS)
@@ -249,7 +265,7 @@ def call_request_from_params(number: str, params: Sequence[str]) -> CallRequest:
     """Validate the ``call NUMBER [--param k=v ...]`` command's arguments (values are text, as typed).
 
     ``k`` is a start-message field (``voice_id``, ``system_prompt``, ``temperature``, ``threshold``,
-    ``silenceDuration``, ``prefixPadding``) or ``from``.
+    ``silenceDuration``, ``prefixPadding``), ``agent``, ``goal`` or ``from``.
 
     Raises:
         CallRequestError: a malformed, unknown or repeated parameter, or an invalid value.
@@ -259,8 +275,8 @@ def call_request_from_params(number: str, params: Sequence[str]) -> CallRequest:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CallRequestError(None, f"--param takes NAME=VALUE, got {short_repr(item)}")
-        if key != "from" and key not in WIRE_FIELDS:
-            known = ", ".join(("from", *WIRE_FIELDS))
+        if key != "from" and key not in CALL_FIELDS:
+            known = ", ".join(("from", *CALL_FIELDS))
             raise CallRequestError(
                 key[:_MAX_FORM_TEXT], f"unknown parameter {short_repr(key)}; known: {known}"
             )

@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from bridge._twilio import SAMPLE_RATE
+
 __all__ = [
     "BYTES_PER_MINUTE",
     "CallRecording",
@@ -51,7 +53,6 @@ __all__ = [
 
 logger = logging.getLogger("bridge.recording")
 
-SAMPLE_RATE: Final = 8000
 CHANNELS: Final = 2
 #: WAVE_FORMAT_MULAW (RFC 2361).
 WAVE_FORMAT_MULAW: Final = 7

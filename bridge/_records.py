@@ -273,8 +273,11 @@ class CallRecords:
         webhook_key: str,
         registry: Any,
         recordings_dir: str | None,
+        default_agent: str = "speakr",
     ) -> None:
         self.store = store
+        #: The backend a record names when the call's ``agent`` parameter does not (``AGENT``).
+        self.default_agent = default_agent
         self.webhook_url = webhook_url
         self._webhook_key = webhook_key
         self.recordings_dir = recordings_dir
@@ -312,7 +315,7 @@ class CallRecords:
         return f"CallRecords(webhook={hook}, recordings={self.recordings_dir!r})"
 
     def observer(self) -> CallObserver:
-        return CallObserver(recordings_dir=self.recordings_dir)
+        return CallObserver(recordings_dir=self.recordings_dir, default_agent=self.default_agent)
 
     async def begin(self, start: _twilio.Start, observer: CallObserver) -> None:
         """At the stream's admission: the call is live here, and its record exists from now on (an inbound

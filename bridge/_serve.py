@@ -5,8 +5,9 @@ Theory of operation
 The parent binds the listening socket(s) itself, so a port in use is one clear line and exit status 2,
 and prints where it listens. With one worker it serves in its own process. With ``--workers N`` it owns N
 worker processes (``multiprocessing`` spawn; each inherits the listening socket and runs one Trio
-Hypercorn server on it; the kernel spreads connections among them). Hypercorn's own multi-worker
-supervisor (``hypercorn.run``) gives its workers no drain, so the bridge does not use it.
+Hypercorn server on it, through the bridge's own worker loop, ``bridge._hypercorn``; the kernel
+spreads connections among them). Hypercorn's own multi-worker supervisor (``hypercorn.run``) gives
+its workers no drain, so the bridge does not use it.
 
 Shared state: the parent makes a fresh runtime directory for the workers (``SPEAKR_BRIDGE_RUNTIME_DIR``):
 the SQLite store that holds admission leases, used tokens and call records for all of them (unless
@@ -40,10 +41,9 @@ from typing import Any
 
 import trio
 from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 from bridge._config import Config, load_config
+from bridge._hypercorn import serve
 from bridge._logging import configure_logging
 from bridge._server import hypercorn_config
 from bridge.app import RUNTIME_DIR_ENV, BridgeState, create_app
@@ -127,12 +127,7 @@ async def _serve(config: Config, sockets: Sockets, watch_parent: int | None) -> 
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: drain_on_signal(state, shutdown, watch_parent=watch_parent))
-        await worker_serve(
-            wrap_app(app, hconfig.wsgi_max_body_size, None),
-            hconfig,
-            sockets=sockets,
-            shutdown_trigger=shutdown.wait,
-        )
+        await serve(app, hconfig, sockets=sockets, shutdown_trigger=shutdown.wait)
         nursery.cancel_scope.cancel()
 
 

@@ -1,4 +1,4 @@
-"""Running the app under Hypercorn's trio worker, in process or as ``serve``."""
+"""Running the app under the bridge's own Hypercorn trio worker (``_hypercorn``), in process or served."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+
+from bridge._hypercorn import serve
 
 __all__ = ["hypercorn_config", "serve_in_process", "raise_fd_limit"]
 

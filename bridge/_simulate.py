@@ -32,11 +32,12 @@ import trio
 from dotenv import dotenv_values
 
 import codec
+from bridge._twilio import SAMPLE_RATE
 from bridge._vad import TurnDetector, Utterance, VadSettings
 from bridge.emulators import CallRecord, TwilioCaller
 
 __all__ = [
-    "CALL_RATE",
+    "SAMPLE_RATE",
     "CallReport",
     "InputAudio",
     "InputAudioError",
@@ -51,8 +52,6 @@ __all__ = [
     "simulate_command",
 ]
 
-#: The phone line's rate: what Twilio sends and plays.
-CALL_RATE: Final = 8000
 #: Longest input accepted, in seconds: the caller emulator's safety net is 10 minutes of phone time.
 MAX_INPUT_S: Final = 540.0
 #: The caller hangs up this long after its input ends (unless an echo is still due, see default_hangup_s).
@@ -89,7 +88,7 @@ class InputAudio:
     """What the caller says, ready for the phone line.
 
     Attributes:
-        pcm: PCM16LE mono at :data:`CALL_RATE`.
+        pcm: PCM16LE mono at :data:`SAMPLE_RATE`.
         source: the file's path, or ``"bundled sample"``.
         source_rate, source_channels: the file's own format, for the summary.
         bundled: it is the bundled ``demo_caller.wav`` (whose barge-in events are known in advance).
@@ -103,12 +102,12 @@ class InputAudio:
 
     @property
     def duration_s(self) -> float:
-        return len(self.pcm) / 2 / CALL_RATE
+        return len(self.pcm) / 2 / SAMPLE_RATE
 
     def __repr__(self) -> str:
         return (
             f"InputAudio(source={self.source!r}, {self.source_rate} Hz x{self.source_channels} -> "
-            f"{self.duration_s:.2f} s at {CALL_RATE} Hz)"
+            f"{self.duration_s:.2f} s at {SAMPLE_RATE} Hz)"
         )
 
 
@@ -176,10 +175,11 @@ def load_input(path: str | os.PathLike[str] | None = None) -> InputAudio:
     else:  # the mean of the channels, rounded: a mix-down that cannot clip
         mono = np.round(samples.astype(np.float64).mean(axis=1)).astype("<i2")
     try:
-        resampler = codec.Resampler(rate, CALL_RATE)
+        resampler = codec.Resampler(rate, SAMPLE_RATE)
     except ValueError as exc:
         raise InputAudioError(
-            f"{name} is sampled at {rate} Hz, which the resampler cannot convert to {CALL_RATE} Hz ({exc}); "
+            f"{name} is sampled at {rate} Hz, which the resampler cannot convert to {SAMPLE_RATE} Hz "
+            f"({exc}); "
             f"use a common rate (8000, 16000, 22050, 24000, 44100 or 48000 Hz)"
         ) from None
     pcm = resampler.process(mono.astype("<i2").tobytes()) + resampler.flush()
@@ -194,7 +194,7 @@ def default_hangup_s(audio: InputAudio, settings: VadSettings | None = None) -> 
     """
     settings = settings or VadSettings()
     detector = TurnDetector(settings)
-    tail = bytes(2 * CALL_RATE * (int(settings.silence_ms) // 1000 + 1))
+    tail = bytes(2 * SAMPLE_RATE * (int(settings.silence_ms) // 1000 + 1))
     events = detector.feed(audio.pcm + tail)
     utterances = [e for e in events if isinstance(e, Utterance)]
     hangup = audio.duration_s + HANGUP_AFTER_INPUT_S
@@ -348,7 +348,7 @@ def played_s(rec: CallRecord) -> float:
     (Audio still queued when the caller hung up counts as played: at most the bridge's lead, see mark hold.)
     """
     cleared = sum(event.size for event in rec.events_of("clear_received"))
-    return max(0, rec.counters.bytes_received - cleared) / CALL_RATE
+    return max(0, rec.counters.bytes_received - cleared) / SAMPLE_RATE
 
 
 def resolve_target(url: str) -> tuple[str | None, str | None]:

@@ -29,6 +29,7 @@ import orjson
 from bridge._errors import TwilioProtocolError, short_repr
 
 __all__ = [
+    "SAMPLE_RATE",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "ClearAudio",
     "Connected",
@@ -54,6 +55,8 @@ __all__ = [
     "stop_message",
 ]
 
+#: Twilio Media Streams carry μ-law at 8 kHz, one byte a sample: the call's rate everywhere in the bridge.
+SAMPLE_RATE: Final = 8000
 #: Default cap on one decoded inbound media payload. Twilio sends 160 bytes (20 ms); 64 kB is 8 s of audio,
 #: far above anything real, low enough that a hostile frame cannot make us decode megabytes.
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 64_000

@@ -38,7 +38,6 @@ from bridge._errors import BridgeError, ConfigError, short_repr
 __all__ = [
     "API_VERSION",
     "CALL_NOT_IN_PROGRESS",
-    "RESOURCE_NOT_FOUND",
     "STATUS_CALLBACK_EVENTS",
     "CallInfo",
     "HangupOutcome",
@@ -56,8 +55,6 @@ DEFAULT_TIMEOUT_S: Final = 10.0
 STATUS_CALLBACK_EVENTS: Final = ("initiated", "ringing", "answered", "completed")
 #: Twilio's "Invalid call state": a realtime operation (such as hanging up) on a call that is not in progress.
 CALL_NOT_IN_PROGRESS: Final = 21220
-#: Twilio's "The requested resource ... was not found".
-RESOURCE_NOT_FOUND: Final = 20404
 #: How much of a non-JSON error body we keep (a proxy's HTML page must not flood a log line).
 _MAX_ERROR_TEXT: Final = 200
 

@@ -33,11 +33,22 @@ class UplinkFramer:
         preroll_bytes: the most recent audio kept before :meth:`start` (even; 16000 = 1 s).
     """
 
-    __slots__ = ("_buffer", "_dropped_bytes", "_preroll_bytes", "_ready")
+    __slots__ = (
+        "_buffer", "_dropped_bytes", "_frame_bytes", "_preroll_bytes", "_ready", "_sample_bytes", "_silence"
+    )
 
-    def __init__(self, *, preroll_bytes: int = DEFAULT_PREROLL_BYTES) -> None:
-        if preroll_bytes < 0 or preroll_bytes % 2:
+    def __init__(
+        self, *, frame_bytes: int = FRAME_BYTES, preroll_bytes: int = DEFAULT_PREROLL_BYTES, silence: bytes =
+        b"\x00"
+    ) -> None:
+        # Silence is one sample's bytes repeated: b"\x00" for PCM16 (two bytes a sample), b"\xff" for μ-law.
+        self._sample_bytes = 2 if silence == b"\x00" else 1
+        if frame_bytes < 1 or frame_bytes % self._sample_bytes:
+            raise ValueError(f"frame_bytes must be a whole number of samples, not {frame_bytes!r}")
+        if preroll_bytes < 0 or preroll_bytes % self._sample_bytes:
             raise ValueError(f"preroll_bytes must be even and not negative, not {preroll_bytes!r}")
+        self._frame_bytes = frame_bytes
+        self._silence = silence
         self._preroll_bytes = preroll_bytes
         self._buffer = bytearray()
         self._dropped_bytes = 0
@@ -64,7 +75,7 @@ class UplinkFramer:
         Raises:
             ValueError: ``pcm`` has an odd number of bytes (it would split a sample).
         """
-        if len(pcm) % 2:
+        if len(pcm) % self._sample_bytes:
             raise ValueError(f"PCM16 audio must have an even number of bytes, not {len(pcm)!r}")
         buffer = self._buffer
         buffer += pcm
@@ -88,16 +99,21 @@ class UplinkFramer:
         """
         if not self._ready or not self._buffer:
             return None
-        frame = bytes(self._buffer) + bytes(FRAME_BYTES - len(self._buffer))
+        frame = bytes(self._buffer) + self._silence * (self._frame_bytes - len(self._buffer))
         self._buffer.clear()
         return frame
 
     def _frames(self) -> list[bytes]:
         buffer = self._buffer
-        count = len(buffer) // FRAME_BYTES
+        size = self._frame_bytes
+        count = len(buffer) // size
         if not count:
             return []
+        if count == 1 and len(buffer) == size:  # the μ-law passthrough: one Twilio frame is one agent frame
+            frame = bytes(buffer)
+            buffer.clear()
+            return [frame]
         with memoryview(buffer) as view:
-            frames = [bytes(view[i : i + FRAME_BYTES]) for i in range(0, count * FRAME_BYTES, FRAME_BYTES)]
-        del buffer[: count * FRAME_BYTES]
+            frames = [bytes(view[i : i + size]) for i in range(0, count * size, size)]
+        del buffer[: count * size]
         return frames

@@ -42,6 +42,8 @@ from typing import Final, TypeAlias
 
 import numpy as np
 
+from bridge._twilio import SAMPLE_RATE
+
 __all__ = [
     "BARGE_IN_MS",
     "FRAME_MS",
@@ -63,8 +65,6 @@ __all__ = [
     "threshold_dbfs",
 ]
 
-#: Caller audio is PCM16LE mono at 8 kHz (what the bridge sends Speakr).
-SAMPLE_RATE: Final = 8000
 #: Analysis frame: 10 ms = 80 samples = 160 bytes.
 FRAME_MS: Final = 10
 _FRAME_SAMPLES: Final = SAMPLE_RATE * FRAME_MS // 1000

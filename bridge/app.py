@@ -101,6 +101,7 @@ class BridgeState:
             webhook_key=config.bridge_api_token.reveal(),
             registry=self.metrics.registry,
             recordings_dir=config.recordings_dir,
+            default_agent=config.agent,
         )
         self.records.view = self.outbound.shared_view
         self.records.on_held = partial(watch_store, outbound=self.outbound)
@@ -287,7 +288,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     if config is None:
         config = load_config()
     configure_logging(config.log_format)
-    for secret in (config.speakr_api_key, config.twilio_auth_token, config.bridge_api_token):
+    for secret in config.secrets():
         register_secret(secret.reveal())
     app = QuartTrio("speakr-bridge")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -319,7 +320,7 @@ def create_app(config: Config | None = None) -> QuartTrio:
     @app.before_serving
     async def start_local_agent() -> None:
         if state.agent_url is None:
-            from bridge._local_agent import LocalAgentServer
+            from bridge.agents.speakr._local_agent import LocalAgentServer
 
             agent = LocalAgentServer()
             await app.nursery.start(agent.serve)

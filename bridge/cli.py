@@ -93,6 +93,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             input_path=args.input,
             output_path=args.output,
             agent_url=args.agent_url,
+            agent=args.agent,
             speed=args.speed,
             quiet=args.quiet,
             env_config=config,
@@ -105,8 +106,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     import trio
 
     from bridge._config import load_config
-    from bridge._local_agent import run_agent
     from bridge._logging import configure_logging
+    from bridge.agents.speakr._local_agent import run_agent
 
     configure_logging(load_config().log_format)  # the agent's INFO lines show each session's turns
     failure: BaseException | None = None
@@ -202,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="a Speakr-protocol agent (ws:// or wss://) to use "
         "instead of the built-in echo agent; SPEAKR_API_KEY is added to it",
+    )
+    demo.add_argument(
+        "--agent",
+        choices=("speakr", "openai", "deepgram", "cascade"),
+        default="speakr",
+        help="which agent answers (default speakr: the built-in echo agent). openai, deepgram and cascade "
+        "run against the bundled offline emulators of OpenAI Realtime, Deepgram's Voice Agent and the "
+        "three OpenAI-compatible HTTP endpoints: no key, no network",
     )
     demo.add_argument(
         "--speed",

@@ -14,8 +14,7 @@
 
 from __future__ import annotations
 
-from bridge.emulators._phone import SILENCE_ULAW, PhonePlayback
-from bridge.emulators._speakr_agent import (
+from bridge.agents.speakr._emulator import (
     AgentEvent,
     AgentSession,
     ReceivedFrame,
@@ -24,6 +23,7 @@ from bridge.emulators._speakr_agent import (
     SessionClosed,
     SpeakrAgentServer,
 )
+from bridge.emulators._phone import SILENCE_ULAW, PhonePlayback
 from bridge.emulators._twilio_caller import CallCounters, CallEvent, CallRecord, TwilioCaller
 from bridge.emulators._twilio_rest_api import EmulatedCall, RecordedRequest, TwilioRestApi
 

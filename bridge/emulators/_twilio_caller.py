@@ -44,15 +44,15 @@ from twilio.request_validator import RequestValidator
 import codec
 from bridge import _twilio
 from bridge._errors import TwilioProtocolError
+from bridge._twilio import SAMPLE_RATE
 from bridge.emulators._phone import SILENCE_ULAW, PhonePlayback
 
 __all__ = ["CallCounters", "CallEvent", "CallRecord", "TwilioCaller"]
 
 log = logging.getLogger("bridge.emulators.caller")
 
-SAMPLE_RATE_HZ: Final = 8000
 FRAME_SAMPLES: Final = 160  # Twilio sends 20 ms of μ-law 8 kHz per media message
-FRAME_S: Final = FRAME_SAMPLES / SAMPLE_RATE_HZ
+FRAME_S: Final = FRAME_SAMPLES / SAMPLE_RATE
 DEFAULT_MAX_CALL_S: Final = 600.0
 # The bridge may send one large media message (Twilio accepts any size); trio-websocket's default is 1 MiB.
 WS_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
@@ -175,7 +175,7 @@ class CallRecord:
         with wave.open(path, "wb") as out:
             out.setnchannels(2)
             out.setsampwidth(2)
-            out.setframerate(SAMPLE_RATE_HZ)
+            out.setframerate(SAMPLE_RATE)
             out.writeframes(frames.tobytes())
 
 
@@ -209,7 +209,11 @@ class TwilioCaller:
         double_start: fault: send ``start`` twice.
         drop_after_s: fault: at this phone time cut the TCP connection (RST, no ``stop``, no close frame).
         dtmf: ``(phone_time_s, digit)`` key presses to send as ``dtmf`` events.
+        gaps: fault: ``(start_s, end_s)`` spans of phone time in which no ``media`` is sent (a stalled network
+            or a muted line); those frames are lost, never sent late (and missing from ``sent_ulaw``).
         from_number, to_number: the webhook's ``From`` and ``To``.
+        handset_delay_s: phone time a handset buffers audio before it plays it (audio arriving at ``t`` plays
+            from ``t + handset_delay_s`` at the earliest; marks come back that much later too). 0: none.
     """
 
     def __init__(
@@ -232,8 +236,10 @@ class TwilioCaller:
         double_start: bool = False,
         drop_after_s: float | None = None,
         dtmf: Sequence[tuple[float, str]] = (),
+        gaps: Sequence[tuple[float, float]] = (),
         from_number: str = "+15005550006",
         to_number: str = "+15005550001",
+        handset_delay_s: float = 0.0,
     ) -> None:
         if stream_url is None and webhook_url is None:
             raise ValueError("give stream_url or webhook_url")
@@ -241,13 +247,20 @@ class TwilioCaller:
             raise ValueError(f"speed must be > 0, got {speed!r}")
         if len(audio) % 2:
             raise ValueError(f"audio must be PCM16 (even length), got {len(audio)!r} bytes")
-        for name, value in (("hangup_after_s", hangup_after_s), ("drop_after_s", drop_after_s)):
+        for name, value in (
+            ("hangup_after_s", hangup_after_s),
+            ("drop_after_s", drop_after_s),
+            ("handset_delay_s", handset_delay_s),
+        ):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if not max_call_s > 0:
             raise ValueError(f"max_call_s must be > 0, got {max_call_s!r}")
         if media_before_start < 0:
             raise ValueError(f"media_before_start must be >= 0, got {media_before_start!r}")
+        for start_s, end_s in gaps:
+            if not 0 <= start_s <= end_s:
+                raise ValueError(f"a gap must be 0 <= start_s <= end_s, got {(start_s, end_s)!r}")
         self.stream_url = stream_url
         self.webhook_url = webhook_url
         self._auth_token = auth_token
@@ -265,8 +278,10 @@ class TwilioCaller:
         self.double_start = double_start
         self.drop_after_s = drop_after_s
         self.dtmf = sorted(dtmf, key=lambda item: item[0])
+        self.gaps = tuple(gaps)
         self.from_number = from_number
         self.to_number = to_number
+        self.handset_delay_s = handset_delay_s
         #: Set to make Twilio leave the stream (a REST update redirected the call): ``stop``, then close 1000.
         self.stop_requested = trio.Event()
         self.stop_outcome = "redirected"  # the record's outcome then (``completed_by_api`` for a hang-up)
@@ -396,7 +411,7 @@ class _ActiveCall:
         self.caller = caller
         self.rec = rec
         self.ws = ws
-        self.phone = PhonePlayback()
+        self.phone = PhonePlayback(start_delay_samples=round(caller.handset_delay_s * SAMPLE_RATE))
         self.epoch = trio.current_time()
         self._sequence = 0
         self._closing = False  # we are hanging up or dropping: a ConnectionClosed is ours
@@ -537,6 +552,7 @@ class _ActiveCall:
         max_tick = _tick_at(caller.max_call_s)
         injections = [(_tick_at(t), frame) for t, frame in caller.injections]
         dtmf = [(_tick_at(t), digit) for t, digit in caller.dtmf]
+        gaps = [(_tick_at(start), _tick_at(end)) for start, end in caller.gaps]
         k = 0
         while True:
             deadline = self.epoch + k * tick_wall
@@ -565,7 +581,7 @@ class _ActiveCall:
                     rec.first_audio_heard_s = k * FRAME_S
                     rec.first_audio_heard_wall_s = trio.current_time()
                     self._event("first_audio_heard")
-            if k >= 1:
+            if k >= 1 and not any(start <= k - 1 < end for start, end in gaps):
                 await self._send_frame(k - 1, audio)
             if ending == "dropped":
                 await self._drop()

@@ -21,8 +21,9 @@ import trio
 
 import codec
 from bridge._demo import DEFAULT_OUTPUT, run_demo
-from bridge._local_agent import greeting_pcm
-from bridge._simulate import CALL_RATE, InputAudioError, default_hangup_s, load_input
+from bridge._simulate import InputAudioError, default_hangup_s, load_input
+from bridge._twilio import SAMPLE_RATE
+from bridge.agents.speakr._local_agent import greeting_pcm
 
 SPEED = 4.0
 #: The bundled sample's timeline (bridge/data/AUDIO-LICENSE.txt), seconds of phone time.
@@ -32,21 +33,21 @@ INTERRUPTION_S = 12.3
 
 def read_stereo(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with wave.open(str(path)) as wav:
-        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, CALL_RATE)
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (2, 2, SAMPLE_RATE)
         frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
     return frames[:, 0].astype(np.float64), frames[:, 1].astype(np.float64)
 
 
 def best_match(signal: np.ndarray, template: np.ndarray, lo_s: float, hi_s: float) -> tuple[float, float]:
     """Best normalised cross-correlation of ``template`` starting in ``signal[lo_s .. hi_s]``: (ncc, at s)."""
-    lo, hi = int(lo_s * CALL_RATE), int(hi_s * CALL_RATE)
+    lo, hi = int(lo_s * SAMPLE_RATE), int(hi_s * SAMPLE_RATE)
     window = signal[lo : hi + len(template)]
     n = len(template)
     corr = np.correlate(window, template, mode="valid")
     energy = np.sqrt(np.convolve(window**2, np.ones(n), mode="valid"))
     ncc = corr / (energy * np.linalg.norm(template) + 1e-9)
     i = int(np.argmax(ncc))
-    return float(ncc[i]), (lo + i) / CALL_RATE
+    return float(ncc[i]), (lo + i) / SAMPLE_RATE
 
 
 def ulaw_round_trip(pcm: bytes) -> np.ndarray:
@@ -79,7 +80,7 @@ async def test_bundled_demo_call_is_healthy_recorded_aligned_and_summarised(tmp_
     left, right = read_stereo(output)
     # Left: exactly what the caller said, μ-law coded as on the line, then silence until the hang-up.
     said = ulaw_round_trip(load_input(None).pcm)
-    assert len(left) == pytest.approx(hangup_s * CALL_RATE, abs=160)
+    assert len(left) == pytest.approx(hangup_s * SAMPLE_RATE, abs=160)
     assert np.array_equal(left[: len(said)], said) and not left[len(said) :].any()
     # Right: the greeting from the first moments of the call, as the bridge's downlink codes it.
     encoder = codec.DownlinkEncoder()
@@ -90,10 +91,10 @@ async def test_bundled_demo_call_is_healthy_recorded_aligned_and_summarised(tmp_
     assert ncc > 0.99 and at_s < 0.2
     # ... then the echo of the caller's first words (they start at 4.8 s; the agent answers after 1 s of
     # silence), time-aligned with the caller's track: the same speech, later, on the other channel.
-    first_words = left[int(FIRST_WORDS_S * CALL_RATE) : int((FIRST_WORDS_S + 0.5) * CALL_RATE)]
+    first_words = left[int(FIRST_WORDS_S * SAMPLE_RATE) : int((FIRST_WORDS_S + 0.5) * SAMPLE_RATE)]
     ncc, echo_s = best_match(right, first_words, 9.0, 11.0)
     assert ncc > 0.9, ncc
-    assert not right[int(FIRST_WORDS_S * CALL_RATE) : int(8.5 * CALL_RATE)].any(), (
+    assert not right[int(FIRST_WORDS_S * SAMPLE_RATE) : int(8.5 * SAMPLE_RATE)].any(), (
         "agent silent while caller speaks"
     )
     # The interruption: the bridge cleared the phone's queue, the rest of the first echo never played (silence
@@ -107,8 +108,8 @@ async def test_bundled_demo_call_is_healthy_recorded_aligned_and_summarised(tmp_
     for clear, decided_s in zip(clears, (10.8, INTERRUPTION_S, INTERRUPTION_S + 0.7), strict=True):
         assert decided_s <= clear.phone_s < decided_s + slack_s, (clear, decided_s, slack_s)
     assert clears[1].size > 0, "the audio queued at the phone was dropped at the interruption"
-    assert not right[int((clears[1].phone_s + 0.05) * CALL_RATE) : int(15.5 * CALL_RATE)].any()
-    interrupting = left[int(INTERRUPTION_S * CALL_RATE) : int((INTERRUPTION_S + 0.5) * CALL_RATE)]
+    assert not right[int((clears[1].phone_s + 0.05) * SAMPLE_RATE) : int(15.5 * SAMPLE_RATE)].any()
+    interrupting = left[int(INTERRUPTION_S * SAMPLE_RATE) : int((INTERRUPTION_S + 0.5) * SAMPLE_RATE)]
     ncc, last_echo_s = best_match(right, interrupting, 15.5, 18.0)
     assert ncc > 0.9, ncc
 
@@ -187,13 +188,13 @@ async def test_44k_stereo_input_is_mixed_down_resampled_and_answered(tmp_path: P
     )
     # The caller's channel is the mix-down (mean of the channels), resampled to 8 kHz, μ-law coded.
     mixed = np.round(stereo.astype(np.float64).mean(axis=1)).astype("<i2").tobytes()
-    resampler = codec.Resampler(rate, CALL_RATE)
+    resampler = codec.Resampler(rate, SAMPLE_RATE)
     expected = ulaw_round_trip(resampler.process(mixed) + resampler.flush())
     left, right = read_stereo(output)
-    assert len(expected) == math.ceil(len(stereo) * CALL_RATE / rate)
+    assert len(expected) == math.ceil(len(stereo) * SAMPLE_RATE / rate)
     assert np.array_equal(left[: len(expected)], expected) and not left[len(expected) :].any()
     # And the agent said it back after the caller's turn ended (1 s of silence after 6.5 s).
-    said = left[int(5.0 * CALL_RATE) : int(6.0 * CALL_RATE)]
+    said = left[int(5.0 * SAMPLE_RATE) : int(6.0 * SAMPLE_RATE)]
     ncc, echo_s = best_match(right, said, 6.5, 10.0)
     assert ncc > 0.9 and 7.5 <= echo_s <= 8.5 + SPEED * result.max_tick_lateness_s, (ncc, echo_s)
     assert "44100 Hz, 2 ch" in result.summary()
@@ -233,8 +234,8 @@ async def test_agent_speech_reaches_the_phone_bit_exact_at_real_time(tmp_path: P
     with wave.open(str(quiet), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
-        wav.setframerate(CALL_RATE)
-        wav.writeframes(bytes(2 * CALL_RATE))  # 1 s of silence: the caller listens, hangs up at 3 s
+        wav.setframerate(SAMPLE_RATE)
+        wav.writeframes(bytes(2 * SAMPLE_RATE))  # 1 s of silence: the caller listens, hangs up at 3 s
     output = tmp_path / "call.wav"
     with trio.fail_after(15):
         result = await run_demo(input_path=quiet, output_path=output, speed=1.0)
@@ -245,5 +246,5 @@ async def test_agent_speech_reaches_the_phone_bit_exact_at_real_time(tmp_path: P
         codec.ulaw_decode(encoder.process(greeting_pcm()) + encoder.flush()), dtype="<i2"
     ).astype(np.float64)
     start = int(np.flatnonzero(right)[0]) - int(np.flatnonzero(greeting)[0])
-    heard = right[start : start + int(2.5 * CALL_RATE)]
+    heard = right[start : start + int(2.5 * SAMPLE_RATE)]
     assert np.array_equal(heard, greeting[: len(heard)])

@@ -25,8 +25,8 @@ import trio
 import trio_websocket
 from e2e_helpers import RunningBridge, start_agent, start_bridge, start_pair
 
-from bridge import _speakr
 from bridge._call import LOG_EVERY_NTH, LOGGED_ERRORS_PER_KIND, LOGGED_EVENTS_PER_KIND
+from bridge.agents.speakr import _wire as _speakr
 from bridge.emulators import TwilioCaller
 
 SPEED = 5.0

@@ -17,9 +17,10 @@ import trio
 import trio_websocket
 from e2e_helpers import RunningBridge, speechlike, start_agent, start_bridge
 
-from bridge import _speakr, _twilio
-from bridge._call import MAX_UNPLAYED_BYTES
+from bridge import _twilio
+from bridge._caller import MAX_UNPLAYED_BYTES
 from bridge._config import Secret
+from bridge.agents.speakr import _wire as _speakr
 from bridge.emulators import TwilioCaller
 
 SPEED = 5.0

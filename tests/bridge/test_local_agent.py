@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio_websocket
 
-from bridge import _speakr
-from bridge._local_agent import MEDIA_SIZES, LocalAgentServer, greeting_pcm
 from bridge._vad import BARGE_IN_MS
+from bridge.agents.speakr import _wire as _speakr
+from bridge.agents.speakr._local_agent import MEDIA_SIZES, LocalAgentServer, greeting_pcm
 
 RATE = 8000
 FRAME = 512

@@ -22,9 +22,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import _speakr as sp
 from bridge import _twilio as tw
 from bridge._errors import PROTOCOL_ERROR_KINDS, ProtocolError, SpeakrProtocolError, TwilioProtocolError
+from bridge.agents.speakr import _wire as sp
 
 BATCH = 4  # inputs per hypothesis example in the batched tests
 FRAMES = 500  # examples (x BATCH inputs) per parser for arbitrary frames

@@ -9,8 +9,8 @@ import re
 import orjson
 import pytest
 
-from bridge import _speakr as sp
 from bridge._errors import ProtocolError, SpeakrProtocolError
+from bridge.agents.speakr import _wire as sp
 
 SESSION = "0f8fad5b-d9cb-469f-a165-70867728950e"
 PCM = b"\x01\x00\xff\x7f\x00\x80\x10"  # odd length on purpose: three samples and a half

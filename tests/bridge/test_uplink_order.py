@@ -18,11 +18,14 @@ import trio_websocket
 from e2e_helpers import start_bridge
 
 import codec
-from bridge import _speakr, _twilio
-from bridge._call import CallSettings, _never, _writable_probe, run_call
+from bridge import _twilio
+from bridge._call import CallSettings, run_call
 from bridge._config import Config
 from bridge._errors import CallEnded
+from bridge._legs import _never
+from bridge._legs import writable_probe as _writable_probe
 from bridge._metrics import Metrics
+from bridge.agents.speakr import _wire as _speakr
 
 LIMIT_S = 10.0
 MEDIA = 120  # 20 ms caller frames: 2.4 s

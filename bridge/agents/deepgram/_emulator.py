@@ -45,7 +45,7 @@ import trio_websocket
 
 import codec
 from bridge._errors import DeepgramProtocolError
-from bridge._loopback import LoopbackWebSocketServer, header
+from bridge._loopback import CLOSE_TIMEOUT_S, LoopbackWebSocketServer, header
 from bridge.agents.deepgram import _client_wire as client_wire
 from bridge.agents.deepgram import _wire as wire
 
@@ -79,7 +79,6 @@ ONSET_FRAMES: Final = 3
 DEFAULT_SILENCE_MS: Final = 400
 #: Decisions waiting for the conductor; when full the receiver waits (backpressure, nothing dropped).
 DECISION_QUEUE: Final = 16
-CLOSE_TIMEOUT_S: Final = 5.0  # bound on a closing handshake the peer never answers
 #: Codes the service uses in its ``Error`` messages.
 UNPARSABLE: Final = "UNPARSABLE_CLIENT_MESSAGE"
 TIMEOUT: Final = "CLIENT_MESSAGE_TIMEOUT"

@@ -48,7 +48,7 @@ import trio_websocket
 
 import codec
 from bridge._errors import OpenAIProtocolError
-from bridge._loopback import LoopbackWebSocketServer, header
+from bridge._loopback import CLOSE_TIMEOUT_S, LoopbackWebSocketServer, header
 from bridge.agents.openai import _service as svc
 from bridge.agents.openai._emulator_data import (
     DEFAULT_PREFIX_PADDING_MS,
@@ -72,7 +72,6 @@ log = logging.getLogger("bridge.emulators.openai")
 
 DEFAULT_API_KEY: Final = "sk-emulator-key"
 WS_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # a fault test may send more than trio-websocket's 1 MiB
-CLOSE_TIMEOUT_S: Final = 5.0  # bound on a closing handshake the peer never answers
 SESSION_EXPIRED_MESSAGE: Final = "Your session hit the maximum duration of 60 minutes."
 
 Script = Callable[["RealtimeSession"], Awaitable[None]]
@@ -475,6 +474,10 @@ class RealtimeSession:
         self.updates.append(session)
         self.events.append(RealtimeEvent("session.update", trio.current_time()))
         problem = svc.session_update_problem(session)
+        if problem is None and self._server.refuse_update is not None:  # fault: a value the service refuses
+            problem = svc.SessionProblem(
+                self._server.refuse_update, "Invalid value in session.update (scripted fault).", "session"
+            )
         if problem is not None:
             self.refused_updates.append(problem)
             await self.send_error("invalid_request_error", problem.code, problem.message, param=problem.param)
@@ -646,6 +649,8 @@ class OpenAIRealtimeServer(LoopbackWebSocketServer):
         vad_threshold_dbfs: a 20 ms frame above this RMS level is voiced.
         vad_start_ms: voiced audio needed before ``speech_started``.
         keep_output_pcm: fault: ignore the requested output format (the session stays at ``audio/pcm``).
+        refuse_update: fault: answer every ``session.update`` with an ``error`` of this code instead of
+            ``session.updated``, as the service does for a value it does not take (an unknown voice, say).
         send_session_created: fault when false.
         max_session_s: expire each session after this long (``session_expired``), as the service does.
         reject_status: fault: refuse every upgrade with this HTTP status (e.g. 429, 503).
@@ -667,6 +672,7 @@ class OpenAIRealtimeServer(LoopbackWebSocketServer):
         vad_threshold_dbfs: float = -40.0,
         vad_start_ms: int = 60,
         keep_output_pcm: bool = False,
+        refuse_update: str | None = None,
         send_session_created: bool = True,
         max_session_s: float | None = None,
         reject_status: int | None = None,
@@ -695,6 +701,7 @@ class OpenAIRealtimeServer(LoopbackWebSocketServer):
         self.vad_threshold_dbfs = vad_threshold_dbfs
         self.vad_start_ms = vad_start_ms
         self.keep_output_pcm = keep_output_pcm
+        self.refuse_update = refuse_update
         self.send_session_created = send_session_created
         self.max_session_s = max_session_s
         self.reject_status = reject_status

@@ -49,9 +49,8 @@ import trio
 import trio_websocket
 
 import codec
-from bridge import _speakr
 from bridge._errors import SpeakrProtocolError, short_repr
-from bridge._loopback import LoopbackWebSocketServer
+from bridge._loopback import CLOSE_TIMEOUT_S, LoopbackWebSocketServer
 from bridge._vad import (
     SAMPLE_RATE,
     BackChannel,
@@ -62,6 +61,7 @@ from bridge._vad import (
     Utterance,
     VadSettings,
 )
+from bridge.agents.speakr import _wire as _speakr
 
 __all__ = [
     "DEFAULT_AGENT_PORT",
@@ -90,8 +90,6 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024
 #: (trio-websocket 0.12 never gives up by itself on a request that is not HTTP: only this timeout ends it.)
 HANDSHAKE_TIMEOUT_S: Final = 5.0
 START_TIMEOUT_S: Final = 30.0
-#: Bound on a closing handshake the peer never answers.
-CLOSE_TIMEOUT_S: Final = 2.0
 #: After ``end`` the bridge closes; if it does not within this, the agent does.
 END_CLOSE_TIMEOUT_S: Final = 10.0
 #: Once everything is sent: wait for statuses at most the unconfirmed audio's duration plus this.

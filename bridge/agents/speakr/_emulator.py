@@ -30,9 +30,9 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 import trio_websocket
 
-from bridge import _speakr
 from bridge._errors import SpeakrProtocolError
-from bridge._loopback import LoopbackWebSocketServer
+from bridge._loopback import CLOSE_TIMEOUT_S, LoopbackWebSocketServer
+from bridge.agents.speakr import _wire as _speakr
 
 __all__ = [
     "AgentEvent",
@@ -50,7 +50,6 @@ log = logging.getLogger("bridge.emulators.agent")
 #: but a fault test may, and the emulator must report it rather than hang up.
 WS_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_CHUNK_BYTES: Final = 4800  # 100 ms of PCM16 24 kHz
-CLOSE_TIMEOUT_S: Final = 5.0  # bound on a closing handshake the peer never answers
 
 Script = Callable[["AgentSession"], Awaitable[None]]
 

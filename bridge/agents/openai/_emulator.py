@@ -658,6 +658,8 @@ class OpenAIRealtimeServer(SessionServer[RealtimeSession]):
     """
 
     kind = "OpenAI Realtime emulator"
+    #: The class of each connection's session: a benchmark may subclass it to time what it sees.
+    session_class: type[RealtimeSession] = RealtimeSession
 
     def __init__(
         self,
@@ -724,7 +726,7 @@ class OpenAIRealtimeServer(SessionServer[RealtimeSession]):
             self.rejected.append(status)
             await request.reject(status, body=_REJECT_BODIES.get(status, _REJECT_BODY_OTHER))
             return
-        session = RealtimeSession(len(self.sessions), request.path, self)
+        session = self.session_class(len(self.sessions), request.path, self)
         session.authorization_ok = True
         session.beta_header = header(request, "openai-beta")
         self.add_session(session)

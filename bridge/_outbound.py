@@ -109,7 +109,11 @@ _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _NUMERIC_FIELDS: Final = frozenset({"temperature", "threshold", "silenceDuration", "prefixPadding"})
 #: Per-call settings, sent to the call as stream parameters: the start-message fields, the backend that
 #: answers (``agent``) and what it should achieve (``goal``, added to its instructions).
-CALL_FIELDS: Final = (*WIRE_FIELDS, "agent", "goal")
+CALL_FIELDS: Final = (
+    *WIRE_FIELDS, "agent", "goal", "greeting", "idle_checkin_s", "idle_hangup_s", "max_call_s"
+)
+#: The cascade's per-call limits, in seconds (0: off), over its ``CASCADE_*`` defaults.
+_SECONDS_FIELDS: Final = {"idle_checkin_s": 600.0, "idle_hangup_s": 600.0, "max_call_s": 4 * 3600.0}
 REQUEST_FIELDS: Final = ("to", "from", *CALL_FIELDS, "metadata", "machine_detection", "voicemail_message")
 #: A goal is a sentence or a short paragraph: it goes into the agent's instructions.
 GOAL_MAX_CHARS: Final = 2000
@@ -184,6 +188,23 @@ def _setting(wire: str, value: object, *, json_types: bool) -> float | int | str
         if type(value) is not str or value.strip().lower() not in AGENTS:
             raise CallRequestError(wire, f"agent must be one of {', '.join(AGENTS)}, got {short_repr(value)}")
         return value.strip().lower()
+    if wire in _SECONDS_FIELDS:
+        limit = _SECONDS_FIELDS[wire]
+        seconds: float | None = None
+        if type(value) in (int, float) or (not json_types and type(value) is str):
+            try:
+                seconds = float(value)  # type: ignore[arg-type]
+            except ValueError:
+                seconds = None
+        if seconds is None or not 0 <= seconds <= limit:
+            raise CallRequestError(wire, f"{wire} must be a number of seconds from 0 to {limit:g}")
+        return seconds
+    if wire == "greeting":
+        if type(value) is not str or not value.strip() or len(value) > GOAL_MAX_CHARS:
+            raise CallRequestError(wire, f"greeting must be text of 1 to {GOAL_MAX_CHARS} characters")
+        if _XML_ILLEGAL.search(value):
+            raise CallRequestError(wire, "greeting contains control characters that cannot travel in TwiML")
+        return value
     if wire == "goal":
         if type(value) is not str or not value.strip() or len(value) > GOAL_MAX_CHARS:
             raise CallRequestError(wire, f"goal must be text of 1 to {GOAL_MAX_CHARS} characters")

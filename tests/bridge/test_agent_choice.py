@@ -103,12 +103,27 @@ def test_outbound_requests_take_agent_and_goal() -> None:
     request = parse_call_request({"to": "+14155550100", "agent": "openai", "goal": "Order two pizzas."})
     assert request.settings == {"agent": "openai", "goal": "Order two pizzas."}
     assert call_request_from_params("+14155550100", ["agent=deepgram"]).settings == {"agent": "deepgram"}
+    cascade = parse_call_request(
+        {"to": "+14155550100", "agent": "cascade", "greeting": "Hi, it's Ada.", "idle_checkin_s": 6,
+         "idle_hangup_s": 4.5, "max_call_s": 0}
+    )
+    assert cascade.settings == {
+        "agent": "cascade", "greeting": "Hi, it's Ada.", "idle_checkin_s": 6.0, "idle_hangup_s": 4.5,
+        "max_call_s": 0.0,
+    }
+    typed = call_request_from_params("+14155550100", ["idle_checkin_s=7.5"])
+    assert typed.settings == {"idle_checkin_s": 7.5}
     for body, field in (
         ({"to": "+14155550100", "agent": "watson"}, "agent"),
         ({"to": "+14155550100", "agent": 3}, "agent"),
         ({"to": "+14155550100", "goal": ""}, "goal"),
         ({"to": "+14155550100", "goal": "x" * 2001}, "goal"),
         ({"to": "+14155550100", "goal": "bad\x00char"}, "goal"),
+        ({"to": "+14155550100", "greeting": ""}, "greeting"),
+        ({"to": "+14155550100", "idle_checkin_s": "8"}, "idle_checkin_s"),  # JSON: a number, not a string
+        ({"to": "+14155550100", "idle_hangup_s": -1}, "idle_hangup_s"),
+        ({"to": "+14155550100", "max_call_s": 1e9}, "max_call_s"),
+        ({"to": "+14155550100", "max_call_s": True}, "max_call_s"),
     ):
         with pytest.raises(CallRequestError) as caught:
             parse_call_request(body)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from e2e_helpers import speechlike, start_agent, start_bridge
 
 from bridge._config import load_config
 from bridge._demo import run_demo
@@ -20,7 +21,6 @@ from bridge._secret import Secret
 from bridge.agents._settings import OpenAISettings
 from bridge.agents.openai import DEFAULT_API_KEY, OpenAIRealtimeServer
 from bridge.emulators import TwilioCaller
-from tests.bridge.e2e_helpers import speechlike, start_agent, start_bridge
 
 LIMIT_S = 30.0
 

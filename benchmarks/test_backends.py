@@ -1,4 +1,4 @@
-"""Every backend side by side: server CPU per call-second and hop latency, Speakr vs OpenAI vs Deepgram.
+"""Every backend side by side: server CPU per call-second and hop latency (Speakr, OpenAI, Deepgram, cascade).
 
 Run: ``pytest benchmarks`` (or ``pytest benchmarks/test_backends.py -s`` to see each run as it is measured;
 about four minutes). Issue 10: the passthrough backends (OpenAI Realtime and Deepgram Voice Agent, μ-law
@@ -16,6 +16,12 @@ call-second; the uplink hop (caller frame sent -> the agent has the audio it com
 runs the three backends one after the other, in an order rotated every round, so machine noise falls on all
 of them alike; the figures are the medians over the repetitions, with their spread (min-max), and each
 backend's ratio to Speakr is the median of the per-round ratios (same round, same noise).
+
+The cascade (``AGENT=cascade``, issue 12) is the fourth backend of each round's rotation, with a workload of
+its own since our VAD must take turns: the callers speak in bursts (``CASCADE_PROFILE``), the three
+OpenAI-compatible endpoints run in another process (``_cascade_service.py``: its CPU is not the bridge's),
+and its table says how much of the bridge's CPU per call-second the VAD alone is (``vad_cpu_per_call_s``, a
+micro-benchmark of ``TurnDetector.feed`` on the same caller audio). The other backends' runs are unchanged.
 
 Asserted: every call of every run was set up, stayed up and lost no caller audio, with no protocol error
 on either side. The CPU ratios are reported, not asserted: wall-clock CPU on a shared machine swings by
@@ -390,7 +396,8 @@ def report(runs: list[Run], vad: list[float]) -> str:
                 [r.round, r.protocol, r.calls, f"{1e3 * r.cpu_per_call_s:.2f}",
                  f"{_ms(r.hop('up', 50))}/{_ms(r.hop('up', 99))}",
                  f"{_ms(r.hop('down', 50))}/{_ms(r.hop('down', 99))}",
-                 r.result.agent_media, r.result.twilio_media, r.result.barge_ins, f"{r.others_cpu_pct:.0f} %"]
+                 "-" if r.protocol in AGENTLESS else r.result.agent_media, r.result.twilio_media,
+                 "-" if r.protocol in AGENTLESS else r.result.barge_ins, f"{r.others_cpu_pct:.0f} %"]
                 for r in runs
             ],
             right=[True, False] + [True] * 8,
@@ -448,9 +455,11 @@ def cascade_report(runs: list[Run], vad: list[float]) -> str:
         f"during the settle ({CASCADE_PROFILE.settle_s:g} s), before the {CASCADE_PROFILE.window_s:g} s "
         "window. \"caller bursts\", \"Twilio media\", \"Twilio clears\" (a barge-in sends one at the pause "
         "and one at the interruption): in the window, per run; \"answers\" (end of turn to first audio "
-        "timed) and \"interruptions\": the bridge's /metrics over the whole run. \"all carried\": every "
-        "call stayed up, heard answers in the window, no cascade error, no protocol error. Not measured "
-        "here: hop latencies (there is no agent socket to time them at).\n\n"
+        "timed) and \"interruptions\": the bridge's /metrics over the whole run (with the first words, which "
+        "a caller's first burst often cuts). So about one turn in four is interrupted in the window "
+        "(clears / 2 / bursts). \"all carried\": every call stayed up, heard answers in the window, no "
+        "cascade error, no protocol error. \"other processes\" holds the emulated endpoints' CPU here. Not "
+        "measured: hop latencies (there is no agent socket to time them at), uplink loss (idem).\n\n"
         "\"of which VAD\": `TurnDetector.feed` alone on one call's caller audio of this workload (μ-law "
         "decoded to 20 ms PCM16 frames, as the leg gets it; `agent_speaking` following the answers), "
         f"CPU per call-second, median of {VAD_RUNS} runs of {VAD_AUDIO_S:g} s "

@@ -35,7 +35,7 @@ LONG_REPLY: Final = (
     "Of course. We are open every day from nine to six, and on weekends from ten until four in the afternoon."
 )
 LONG_EVERY: Final = 4
-PACING: Final[Mapping[str, float]] = {
+PACING: Final[Mapping[str, Any]] = {
     "stt_latency_s": 0.1,
     "first_token_s": 0.1,
     "tokens_per_s": 100.0,

@@ -78,6 +78,10 @@ from _harness import (
 import codec
 from bridge import _twilio
 from bridge._errors import DeepgramProtocolError, OpenAIProtocolError, TwilioProtocolError
+from bridge.agents.cascade._emulator import DEFAULT_API_KEY as _CASCADE_KEY
+from bridge.agents.cascade._emulator import LLM_PATH as _CASCADE_LLM
+from bridge.agents.cascade._emulator import STT_PATH as _CASCADE_STT
+from bridge.agents.cascade._emulator import TTS_PATH as _CASCADE_TTS
 from bridge.agents.deepgram import _client_wire as _dg_client
 from bridge.agents.deepgram import _wire as _dg
 from bridge.agents.openai import _service as _oai
@@ -87,6 +91,7 @@ from bridge.agents.speakr import _wire as _speakr
 from bridge.emulators import PhonePlayback
 
 __all__ = [
+    "AGENTLESS",
     "PROTOCOLS",
     "backend_env",
     "LeanAgentServer",
@@ -120,6 +125,25 @@ def _audio_frames() -> tuple[list[bytes], bytes]:
 _CALLER_FRAMES, _AGENT_CHUNK = _audio_frames()
 
 
+def _burst_frames() -> list[bytes]:
+    """1 s of speech-like μ-law noise in 20 ms frames: 300-3000 Hz, a 4 Hz syllable envelope, peaks at
+    -16 dBFS and never quieter than -24 dBFS in a 10 ms frame (loud for the VAD's default -49 dBFS)."""
+    rng = np.random.default_rng(11)
+    n = 8000
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1 / 8000)
+    spectrum[(freqs < 300) | (freqs > 3000)] = 0
+    noise = np.fft.irfft(spectrum, n)
+    noise /= np.max(np.abs(noise))
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * np.arange(n) / 8000)
+    ulaw = codec.ulaw_encode((5000 * noise * envelope).astype("<i2").tobytes())
+    return [ulaw[i : i + FRAME_SAMPLES] for i in range(0, len(ulaw), FRAME_SAMPLES)]
+
+
+_BURST_FRAMES = _burst_frames()
+_SILENT_FRAME: Final = b"\xff" * FRAME_SAMPLES  # μ-law 0
+
+
 def _agent_ulaw() -> bytes:
     """100 ms of μ-law 8 kHz: the passthrough agents' message (the same 220 Hz tone, same duration)."""
     t = np.arange(800) / 8000
@@ -129,6 +153,9 @@ def _agent_ulaw() -> bytes:
 _AGENT_ULAW = _agent_ulaw()
 #: The agent protocols the lean agent speaks (the bridge's backends with a socket of their own).
 PROTOCOLS: Final = ("speakr", "openai", "deepgram")
+#: Backends without an agent socket: the bridge's own cascade leg (our VAD, then HTTP to STT, LLM and TTS).
+#: The lean agent only lends its poller; callers are ready once ``start`` is sent; the uplink is not seen.
+AGENTLESS: Final = ("cascade",)
 _BENCH_PROMPT = re.compile(r"bench:[0-9a-f]+:[0-9]+")
 
 
@@ -145,8 +172,14 @@ class LoadProfile:
     after ``barge_hold_s`` (speech goes on meanwhile, held by the bridge) ``continue`` or ``clear`` (the
     rest of the turn is dropped), half each.
 
+    ``caller_bursts`` (``None``: the caller's audio is speech-level noise all the time): ``(shortest,
+    longest, quiet)`` in seconds: each caller speaks speech-like noise for a length drawn uniformly in
+    [shortest, longest] (20 ms steps), then sends ``quiet`` of digital silence, and again; each call starts
+    at a random point of its first quiet (seeded by the call's index: the same bursts in every run).
+
     After the ramp the run settles for ``settle_s``, and then on until the uplink hop's p99 over the last
-    0.5 s is under 20 ms (the server has absorbed the set-up burst), at most ``settle_max_s`` in all.
+    0.5 s is under 20 ms (the server has absorbed the set-up burst), at most ``settle_max_s`` in all
+    (without an agent socket, just ``settle_s``).
     """
 
     speak_s: float = 2.0
@@ -155,6 +188,7 @@ class LoadProfile:
     barge_hold_s: float = 0.3
     lead_s: float = 0.2
     message_s: float = 0.1
+    caller_bursts: tuple[float, float, float] | None = None
     ramp_calls_per_s: float = 50.0
     settle_s: float = 1.5
     settle_max_s: float = 6.0
@@ -184,6 +218,9 @@ class LoadResult:
     agent_media: int = 0  # agent media messages sent in the window
     twilio_media: int = 0  # media received by callers in the window
     twilio_tails: int = 0  # of which tiny (flushed resampler tails)
+    twilio_clears: int = 0  # clear received by callers in the window
+    caller_bursts: int = 0  # bursts of speech callers started in the window
+    callers_heard: int = 0  # callers that received media in the window
     marks_echoed: int = 0
     statuses: int = 0
     barge_ins: int = 0
@@ -225,6 +262,7 @@ class LoadRun:
         self.settling: list[float] = []  # uplink hops seen while settling (cleared every check)
         self.window_t0 = 0.0
         self.talking = True
+        self.agentless = False  # no agent socket (:data:`AGENTLESS`): callers are ready once started
         self.all_ready = trio.Event()
 
     def caller_for(self, system_prompt: Any) -> LeanCaller | None:
@@ -264,6 +302,11 @@ class LeanCaller:
         self.frames_at_agent = 0
         self.bytes_at_agent = 0
         self.close_detail = ""
+        self.heard_in_window = False
+        bursts = run.profile.caller_bursts
+        self.rng = random.Random(index * 7919 + 29)
+        self.burst_left = 0  # speech frames left in this burst
+        self.quiet_left = 0 if bursts is None else self.rng.randrange(round(bursts[2] / FRAME_S) + 1)
 
     def _seq(self) -> int:
         self.seq += 1
@@ -295,6 +338,8 @@ class LeanCaller:
                 )
             )
             self.live = True
+            if run.agentless:
+                self._ready()
             poller.register(self.ep, self._on_readable)
             if self.ep.buf:
                 self._on_readable(time.perf_counter())
@@ -304,6 +349,36 @@ class LeanCaller:
             if self.ep is not None:
                 self.ep.close()
             self.done.set()
+
+    def _ready(self) -> None:
+        """No agent to say ``ready``: the caller talks from now on."""
+        self.ready = True
+        self.ready_event.set()
+        result = self.run.result
+        result.ready += 1
+        if result.ready == result.calls:
+            self.run.all_ready.set()
+
+    def _next_frame(self, k: int) -> bytes:
+        """The microphone's next 20 ms: noise all the time, or the bursts of ``caller_bursts``."""
+        bursts = self.run.profile.caller_bursts
+        if bursts is None:
+            return _CALLER_FRAMES[k % len(_CALLER_FRAMES)]
+        if self.quiet_left > 0:
+            self.quiet_left -= 1
+            if self.quiet_left == 0:
+                shortest, longest, _ = bursts
+                self.burst_left = self.rng.randint(round(shortest / FRAME_S), round(longest / FRAME_S))
+                if self.run.measuring:
+                    self.run.result.caller_bursts += 1
+            return _SILENT_FRAME
+        if self.burst_left > 0:
+            self.burst_left -= 1
+            if self.burst_left == 0:
+                self.quiet_left = round(bursts[2] / FRAME_S)
+            return _BURST_FRAMES[k % len(_BURST_FRAMES)]
+        self.quiet_left = round(bursts[2] / FRAME_S)  # the first frame of a call that starts speaking
+        return _SILENT_FRAME
 
     def _on_readable(self, now: float) -> None:
         ep = self.ep
@@ -351,6 +426,9 @@ class LeanCaller:
             self.phone.enqueue_media(msg.payload)
             if run.measuring:
                 result.twilio_media += 1
+                if not self.heard_in_window:
+                    self.heard_in_window = True
+                    result.callers_heard += 1
             if size < MIN_TIMED_MEDIA_BYTES:
                 if run.measuring:
                     result.twilio_tails += 1
@@ -367,6 +445,8 @@ class LeanCaller:
                 self._echo(name)
         else:
             self.epoch += 1
+            if run.measuring:
+                result.twilio_clears += 1
             for name in self.phone.clear():
                 self._echo(name)
 
@@ -404,7 +484,7 @@ class LeanCaller:
                 self.talk_t0 = sent
             text = _twilio.media_event_message(
                 stream_sid=self.stream_sid,
-                payload=_CALLER_FRAMES[k % len(_CALLER_FRAMES)],
+                payload=self._next_frame(k),
                 chunk=k + 1,
                 timestamp_ms=round((sent - self.talk_t0) * 1000),
                 sequence_number=self._seq(),
@@ -447,6 +527,12 @@ def backend_env(protocol: str, agent_url: str) -> dict[str, str]:
     elif protocol == "deepgram":
         del env["SPEAKR_WS_URL"]
         env |= {"AGENT": "deepgram", "DEEPGRAM_AGENT_URL": agent_url, "DEEPGRAM_API_KEY": "dg-bench-lean"}
+    elif protocol == "cascade":  # agent_url: the base URL of the three endpoints (``_cascade_service``)
+        del env["SPEAKR_WS_URL"]
+        env |= {
+            "AGENT": "cascade", "CASCADE_STT_URL": agent_url + _CASCADE_STT, "CASCADE_LLM_URL": agent_url
+            + _CASCADE_LLM, "CASCADE_TTS_URL": agent_url + _CASCADE_TTS, "CASCADE_API_KEY": _CASCADE_KEY,
+        }
     return env
 
 
@@ -472,11 +558,12 @@ class LeanAgentServer:
     ``agent.think.prompt``).
     """
 
-    def __init__(self, host: str = "127.0.0.1", protocol: str = "speakr") -> None:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    def __init__(self, host: str = "127.0.0.1", protocol: str = "speakr", cascade_url: str = "") -> None:
+        if protocol not in PROTOCOLS + AGENTLESS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS + AGENTLESS}, got {protocol!r}")
         self.host = host
         self.protocol = protocol
+        self.cascade_url = cascade_url  # ``cascade``: the endpoints' base URL
         self.port = 0
         self.run: LoadRun | None = None
         self.unlinked_sessions = 0
@@ -484,6 +571,8 @@ class LeanAgentServer:
 
     @property
     def url(self) -> str:
+        if self.protocol == "cascade":
+            return self.cascade_url
         if self.protocol == "openai":
             return f"ws://{self.host}:{self.port}/v1/realtime?model=gpt-realtime"
         if self.protocol == "deepgram":
@@ -501,6 +590,8 @@ class LeanAgentServer:
         their leg declares, ``Capabilities.uplink_frame_bytes``)."""
         if self.protocol == "speakr":
             return (frames_sent * FRAME_SAMPLES * 2 // SPEAKR_FRAME_BYTES) * SPEAKR_FRAME_BYTES
+        if self.protocol in AGENTLESS:
+            return 0  # no agent socket: the uplink is not observable here
         frame = self.uplink_frame_bytes
         return frames_sent * FRAME_SAMPLES // frame * frame
 
@@ -1053,7 +1144,7 @@ async def _settle(run: LoadRun) -> None:
         run.settling = []
         await trio.sleep(SETTLE_CHECK_S)
         recent = sorted(run.settling)
-        if recent and recent[int(0.99 * (len(recent) - 1))] < SETTLED_P99_S:
+        if run.agentless or recent and recent[int(0.99 * (len(recent) - 1))] < SETTLED_P99_S:
             break
     run.settling = []
 
@@ -1080,6 +1171,7 @@ async def drive_load(
     """
     ports = ws_port if isinstance(ws_port, tuple) else (ws_port,)
     run = LoadRun(calls, profile)
+    run.agentless = agent.protocol in AGENTLESS
     agent.run = run
     result = run.result
     try:

@@ -20,12 +20,20 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Final, Generic, Self, TypeVar
+from collections.abc import Callable
+from typing import Any, Final, Generic, Protocol, Self, TypeVar
 
 import trio
 import trio_websocket
 
-__all__ = ["CLOSE_TIMEOUT_S", "LoopbackWebSocketServer", "SessionServer", "header"]
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "LoopbackWebSocketServer",
+    "SessionClosed",
+    "SessionServer",
+    "WatchedSession",
+    "header",
+]
 
 log = logging.getLogger("bridge.emulators.server")
 
@@ -159,3 +167,47 @@ class SessionServer(LoopbackWebSocketServer, Generic[S]):
         while len(self.sessions) < n:
             await self._sessions_changed.wait()
         return self.sessions[n - 1]
+
+
+class SessionClosed(Exception):
+    """The connection closed before what a script was waiting for happened."""
+
+
+class _Event(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+
+E = TypeVar("E", bound=_Event)
+
+
+class WatchedSession(Generic[E]):
+    """What an emulator's session shares: a timeline of events (each with a ``kind``) and a way for scripts
+    and tests to wait for a condition on what was recorded.
+
+    A subclass sets ``index``, ``events`` and ``closed`` and calls :meth:`_notify` after every record.
+    """
+
+    index: int
+    events: list[E]
+    closed: trio.Event
+    _changed: trio.Event
+
+    def events_of(self, kind: str) -> list[E]:
+        """The timeline's events of one kind, in order."""
+        return [e for e in self.events if e.kind == kind]
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool], what: str = "condition") -> None:
+        """Waits until ``predicate()`` is true; re-checked after every record.
+
+        Raises:
+            SessionClosed: the socket closed while it was still false.
+        """
+        while not predicate():
+            if self.closed.is_set():
+                raise SessionClosed(f"session {self.index} closed before {what}")
+            await self._changed.wait()

@@ -45,7 +45,7 @@ import trio_websocket
 
 import codec
 from bridge._errors import DeepgramProtocolError
-from bridge._loopback import CLOSE_TIMEOUT_S, SessionServer, header
+from bridge._loopback import CLOSE_TIMEOUT_S, SessionClosed, SessionServer, WatchedSession, header
 from bridge.agents.deepgram import _client_wire as client_wire
 from bridge.agents.deepgram import _wire as wire
 
@@ -85,9 +85,6 @@ TIMEOUT: Final = "CLIENT_MESSAGE_TIMEOUT"
 
 Script = Callable[["DeepgramSession"], Awaitable[None]]
 
-
-class SessionClosed(Exception):
-    """The connection closed before what a script was waiting for happened."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +190,7 @@ class _EnergyVad:
         return decisions
 
 
-class DeepgramSession:
+class DeepgramSession(WatchedSession[SessionEvent]):
     """One connection to the emulated service, as the client drove it, plus what a script uses to drive it.
 
     Attributes:
@@ -264,26 +261,8 @@ class DeepgramSession:
         """Every agent audio byte sent, in order."""
         return bytes(self._sent_audio)
 
-    def events_of(self, kind: str) -> list[SessionEvent]:
-        """The events of one kind, in order."""
-        return [e for e in self.events if e.kind == kind]
-
     # ---------------------------------------------------------------------------------------------- waiting
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool], what: str = "condition") -> None:
-        """Waits until ``predicate()`` is true; re-checked after every record.
-
-        Raises:
-            SessionClosed: the socket closed while it was still false.
-        """
-        while not predicate():
-            if self.closed.is_set():
-                raise SessionClosed(f"session {self.index} closed before {what}")
-            await self._changed.wait()
 
     async def wait_settings_applied(self) -> client_wire.SettingsRequest:
         """Waits until ``SettingsApplied`` was sent; returns the settings."""

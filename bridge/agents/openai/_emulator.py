@@ -48,7 +48,7 @@ import trio_websocket
 
 import codec
 from bridge._errors import OpenAIProtocolError
-from bridge._loopback import CLOSE_TIMEOUT_S, SessionServer, header
+from bridge._loopback import CLOSE_TIMEOUT_S, SessionClosed, SessionServer, WatchedSession, header
 from bridge.agents.openai import _service as svc
 from bridge.agents.openai._emulator_data import (
     DEFAULT_PREFIX_PADDING_MS,
@@ -86,11 +86,8 @@ _REJECT_BODIES: Final[dict[int, bytes]] = {
 _REJECT_BODY_OTHER: Final = b'{"error":{"message":"The server had an error.","type":"server_error"}}'
 
 
-class SessionClosed(Exception):
-    """The connection closed before what a script was waiting for happened."""
 
-
-class RealtimeSession:
+class RealtimeSession(WatchedSession[RealtimeEvent]):
     """One connection to the emulated service, as the client drove it, plus a script's helpers.
 
     Attributes:
@@ -181,26 +178,8 @@ class RealtimeSession:
         """The session's input format type, as it now is."""
         return str(self.session["audio"]["input"]["format"]["type"])
 
-    def events_of(self, kind: str) -> list[RealtimeEvent]:
-        """The timeline's events of one kind, in order."""
-        return [e for e in self.events if e.kind == kind]
-
     # ---------------------------------------------------------------------------------------------- waiting
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool], what: str = "condition") -> None:
-        """Waits until ``predicate()`` is true; re-checked after every record.
-
-        Raises:
-            SessionClosed: the socket closed while it was still false.
-        """
-        while not predicate():
-            if self.closed.is_set():
-                raise SessionClosed(f"session {self.index} closed before {what}")
-            await self._changed.wait()
 
     async def wait_updated(self, n: int = 1) -> dict[str, Any]:
         """Waits for the ``n``-th ``session.update``; returns the session as it then is."""

@@ -31,7 +31,7 @@ import trio
 import trio_websocket
 
 from bridge._errors import SpeakrProtocolError
-from bridge._loopback import CLOSE_TIMEOUT_S, SessionServer
+from bridge._loopback import CLOSE_TIMEOUT_S, SessionClosed, SessionServer, WatchedSession
 from bridge.agents.speakr import _wire as _speakr
 
 __all__ = [
@@ -53,9 +53,6 @@ DEFAULT_CHUNK_BYTES: Final = 4800  # 100 ms of PCM16 24 kHz
 
 Script = Callable[["AgentSession"], Awaitable[None]]
 
-
-class SessionClosed(Exception):
-    """The connection closed before what a script was waiting for happened."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +96,7 @@ class AgentEvent:
     detail: str = ""
 
 
-class AgentSession:
+class AgentSession(WatchedSession[AgentEvent]):
     """One connection to the agent, as the bridge drove it, plus the helpers a script uses to drive it back.
 
     Attributes:
@@ -171,26 +168,8 @@ class AgentSession:
         """Malformed messages received, all kinds."""
         return sum(self.protocol_errors.values())
 
-    def events_of(self, kind: str) -> list[AgentEvent]:
-        """The events of one kind, in order."""
-        return [e for e in self.events if e.kind == kind]
-
     # ---------------------------------------------------------------------------------------------- waiting
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_until(self, predicate: Callable[[], bool], what: str = "condition") -> None:
-        """Waits until ``predicate()`` is true; re-checked after every recorded message.
-
-        Raises:
-            SessionClosed: the socket closed while it was still false.
-        """
-        while not predicate():
-            if self.closed.is_set():
-                raise SessionClosed(f"session {self.index} closed before {what}")
-            await self._changed.wait()
 
     async def wait_start(self) -> dict[str, Any]:
         """Waits for the bridge's ``start``; returns its parameters."""

@@ -19,9 +19,11 @@ further.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
 import trio
 import trio_websocket
@@ -185,13 +187,58 @@ class WatchedSession(Generic[E]):
     """What an emulator's session shares: a timeline of events (each with a ``kind``) and a way for scripts
     and tests to wait for a condition on what was recorded.
 
-    A subclass sets ``index``, ``events`` and ``closed`` and calls :meth:`_notify` after every record.
+    A subclass sets ``index``, ``events``, ``closed``, ``close_code``/``close_reason``/``closed_by`` (None),
+    ``_ws`` (the accepted socket) and ``_closing``, calls :meth:`_notify` after every record and gives
+    :meth:`_event`. Closing is the same for every emulator: :meth:`close` with a close frame, :meth:`drop`
+    without one.
     """
+
+    #: Who the emulated side is, in close records and the drop's reason (``agent``, ``service``).
+    closer: ClassVar[str] = "agent"
 
     index: int
     events: list[E]
     closed: trio.Event
+    close_code: int | None
+    close_reason: str | None
+    closed_by: str | None
     _changed: trio.Event
+    _ws: trio_websocket.WebSocketConnection | None
+    _closing: bool
+
+    def _event(self, kind: str, at: float, detail: str = "") -> E:
+        """One timeline entry of this emulator's event type."""
+        raise NotImplementedError
+
+    def _record_close(self, code: int | None, reason: str | None, by: str) -> None:
+        if self.closed_by is None:
+            self.close_code, self.close_reason, self.closed_by = code, reason, by
+            self.events.append(self._event("closed", trio.current_time(), f"{code} {reason or ''}".rstrip()))
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """Closes the socket with a close frame (bounded wait for the peer's reply)."""
+        if self._ws is None or self.closed.is_set():
+            return
+        self._closing = True
+        self._record_close(code, reason, self.closer)
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await self._ws.aclose(code, reason)
+
+    async def drop(self) -> None:
+        """Cuts the TCP connection without a close frame (RST), as a crashed peer would.
+
+        trio-websocket has no public abort: this closes its private ``_stream`` with ``SO_LINGER`` 0.
+        """
+        if self._ws is None or self.closed.is_set():
+            return
+        self._closing = True
+        self._record_close(1006, f"dropped by the {self.closer}", "drop")
+        self.events.append(self._event("dropped", trio.current_time()))
+        stream = self._ws._stream
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
 
     def events_of(self, kind: str) -> list[E]:
         """The timeline's events of one kind, in order."""

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
-import struct
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -207,6 +205,8 @@ class DeepgramSession(WatchedSession[SessionEvent]):
         errors: exceptions of the script, as ``repr`` text.
     """
 
+    closer = "agent"
+
     def __init__(self, index: int, path: str) -> None:
         self.index = index
         self.path = path
@@ -260,6 +260,9 @@ class DeepgramSession(WatchedSession[SessionEvent]):
     def sent_audio(self) -> bytes:
         """Every agent audio byte sent, in order."""
         return bytes(self._sent_audio)
+
+    def _event(self, kind: str, at: float, detail: str = "") -> SessionEvent:
+        return SessionEvent(kind, at, detail)
 
     # ---------------------------------------------------------------------------------------------- waiting
 
@@ -337,30 +340,6 @@ class DeepgramSession(WatchedSession[SessionEvent]):
         if self._server is None or self.settings is None:
             raise SessionClosed(f"session {self.index} has no applied settings to speak with")
         return await self._answer(self._server, turn, user_text)
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        """Closes the socket with a close frame (bounded wait for the peer's reply)."""
-        if self._ws is None or self.closed.is_set():
-            return
-        self._closing = True
-        self._record_close(code, reason, "agent")
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            await self._ws.aclose(code, reason)
-
-    async def drop(self) -> None:
-        """Cuts the TCP connection without a close frame (RST), as a crashed service would.
-
-        trio-websocket has no public abort: this closes its private ``_stream`` with ``SO_LINGER`` 0.
-        """
-        if self._ws is None or self.closed.is_set():
-            return
-        self._closing = True
-        self._record_close(1006, "dropped by the agent", "drop")
-        stream = self._ws._stream
-        sock = getattr(stream, "socket", None)
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await stream.aclose()
 
     # ------------------------------------------------------------------------------------ the agent's turns
 
@@ -471,11 +450,6 @@ class DeepgramSession(WatchedSession[SessionEvent]):
                     await self._send(wire.speak_updated_message(), "SpeakUpdated")
 
     # ---------------------------------------------------------------------------------------------- running
-
-    def _record_close(self, code: int | None, reason: str | None, by: str) -> None:
-        if self.closed_by is None:
-            self.close_code, self.close_reason, self.closed_by = code, reason, by
-            self.events.append(SessionEvent("closed", trio.current_time(), f"{code} {reason or ''}".rstrip()))
 
     def _caller_samples(self, audio: bytes) -> np.ndarray | None:
         assert self.settings is not None

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -110,6 +108,8 @@ class RealtimeSession(WatchedSession[RealtimeEvent]):
         closed: set once the socket is closed.
     """
 
+    closer = "service"
+
     def __init__(self, index: int, request_path: str, server: OpenAIRealtimeServer) -> None:
         parts = urlsplit(request_path)
         self.index = index
@@ -177,6 +177,9 @@ class RealtimeSession(WatchedSession[RealtimeEvent]):
     def input_format(self) -> str:
         """The session's input format type, as it now is."""
         return str(self.session["audio"]["input"]["format"]["type"])
+
+    def _event(self, kind: str, at: float, detail: str = "") -> RealtimeEvent:
+        return RealtimeEvent(kind, at, detail)
 
     # ---------------------------------------------------------------------------------------------- waiting
 
@@ -250,31 +253,6 @@ class RealtimeSession(WatchedSession[RealtimeEvent]):
         response = self._start_response(turn or self._next_turn(), trigger)
         await self.wait_until(lambda: response.done_wall_s is not None, "the response's end")
         return response
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        """Closes the socket with a close frame (bounded wait for the peer's reply)."""
-        if self._ws is None or self.closed.is_set():
-            return
-        self._closing = True
-        self._record_close(code, reason, "service")
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            await self._ws.aclose(code, reason)
-
-    async def drop(self) -> None:
-        """Cuts the TCP connection without a close frame (RST), as a crashed service would.
-
-        trio-websocket has no public abort: this closes its private ``_stream`` with ``SO_LINGER`` 0.
-        """
-        if self._ws is None or self.closed.is_set():
-            return
-        self._closing = True
-        self._record_close(1006, "dropped by the service", "drop")
-        self.events.append(RealtimeEvent("dropped", trio.current_time()))
-        stream = self._ws._stream
-        sock = getattr(stream, "socket", None)
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await stream.aclose()
 
     # -------------------------------------------------------------------------------------------- responses
 
@@ -561,13 +539,6 @@ class RealtimeSession(WatchedSession[RealtimeEvent]):
         self._notify()
 
     # ---------------------------------------------------------------------------------------------- running
-
-    def _record_close(self, code: int | None, reason: str | None, by: str) -> None:
-        if self.closed_by is None:
-            self.close_code, self.close_reason, self.closed_by = code, reason, by
-            self.events.append(
-                RealtimeEvent("closed", trio.current_time(), f"{code} {reason or ''}".rstrip())
-            )
 
     async def _receive_loop(self, ws: trio_websocket.WebSocketConnection, scope: trio.CancelScope) -> None:
         try:

@@ -19,8 +19,6 @@ wait is bounded by the connection's life.
 from __future__ import annotations
 
 import logging
-import socket
-import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import cycle
@@ -113,6 +111,8 @@ class AgentSession(WatchedSession[AgentEvent]):
         closed: set once the socket is closed.
     """
 
+    closer = "agent"
+
     def __init__(self, index: int, request_path: str) -> None:
         parts = urlsplit(request_path)
         self.index = index
@@ -167,6 +167,9 @@ class AgentSession(WatchedSession[AgentEvent]):
     def protocol_error_count(self) -> int:
         """Malformed messages received, all kinds."""
         return sum(self.protocol_errors.values())
+
+    def _event(self, kind: str, at: float, detail: str = "") -> AgentEvent:
+        return AgentEvent(kind, at, detail)
 
     # ---------------------------------------------------------------------------------------------- waiting
 
@@ -280,37 +283,7 @@ class AgentSession(WatchedSession[AgentEvent]):
         """Sends one frame verbatim (faults: garbage text, binary frames, unknown types)."""
         await self._send(data, "raw", f"{type(data).__name__} of {len(data)}")
 
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        """Closes the socket with a close frame (bounded wait for the peer's reply)."""
-        if self._ws is None or self.closed.is_set():
-            return
-        self._closing = True
-        self._record_close(code, reason, "agent")
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            await self._ws.aclose(code, reason)
-
-    async def drop(self) -> None:
-        """Cuts the TCP connection without a close frame (RST), as a crashed agent would.
-
-        trio-websocket has no public abort: this closes its private ``_stream`` with ``SO_LINGER`` 0.
-        """
-        if self._ws is None or self.closed.is_set():
-            return
-        self._closing = True
-        self._record_close(1006, "dropped by the agent", "drop")
-        self.events.append(AgentEvent("dropped", trio.current_time()))
-        stream = self._ws._stream
-        sock = getattr(stream, "socket", None)
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await stream.aclose()
-
     # ---------------------------------------------------------------------------------------------- running
-
-    def _record_close(self, code: int | None, reason: str | None, by: str) -> None:
-        if self.closed_by is None:
-            self.close_code, self.close_reason, self.closed_by = code, reason, by
-            self.events.append(AgentEvent("closed", trio.current_time(), f"{code} {reason or ''}".rstrip()))
 
     def _on_message(self, data: str | bytes) -> None:
         now = trio.current_time()

@@ -41,6 +41,7 @@ from bridge._ledger import PlaybackLedger
 from bridge._legs import CLOSE_TIMEOUT_S, AgentClosed, AgentLeg
 from bridge._logging import LogThrottle
 from bridge._metrics import CallCounters, Metrics
+from bridge.agents import AGENTS, make_leg
 
 if TYPE_CHECKING:
     from bridge._records import CallObserver
@@ -167,8 +168,6 @@ class _Call:
 
     def choose_agent(self, caller: CallerLeg) -> AgentLeg:
         """The leg for the backend this call asks for (its ``agent`` parameter), else the configured one."""
-        from bridge.agents import AGENTS, make_leg
-
         name = self.config.agent
         asked = caller.parameters.get("agent")
         if asked is not None and asked.strip():

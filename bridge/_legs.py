@@ -39,12 +39,12 @@ import math
 import select
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import trio
 import trio_websocket
 
-from bridge._errors import CallEnded
+from bridge._errors import CallEnded, ProtocolError
 from bridge._ledger import Interrupted, SegmentPlayed
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ __all__ = [
     "UplinkItem",
     "WebSocketAgentLeg",
 ]
+
+T = TypeVar("T")
 
 #: Caller audio per message to a μ-law passthrough agent (OpenAI, Deepgram): 256 bytes = 32 ms, the cadence
 #: Speakr's 512-byte PCM frames have. Both services take chunks of any size; one message per Twilio frame
@@ -263,6 +265,8 @@ class WebSocketAgentLeg(AgentLeg):
 
     #: Largest agent message: beyond it trio-websocket closes the socket with 1009 (the call then ends).
     max_message_bytes: ClassVar[int] = 16 * 1024 * 1024
+    #: Largest message :meth:`receive_event` parses (None: the leg's parser bounds what it reads itself).
+    max_message_chars: ClassVar[int | None] = None
     receive_buffer_bytes: ClassVar[int] = 64 * 1024
 
     def __init__(self, call: CallPort) -> None:
@@ -278,6 +282,22 @@ class WebSocketAgentLeg(AgentLeg):
     def headers(self) -> list[tuple[str, str]]:
         """Extra handshake headers (may carry a key: never logged)."""
         return []
+
+    async def receive_event(self, ws: trio_websocket.WebSocketConnection, parse: Callable[[Any], T]) -> T:
+        """The agent's next message that parses. An oversized one (:attr:`max_message_chars`) is dropped
+        before any parsing and a malformed one after it, each counted; neither ends the call."""
+        call = self.call
+        limit = self.max_message_chars
+        while True:
+            data = await ws.get_message()
+            if limit is not None and len(data) > limit:
+                call.count_error("too_large", f"message of {len(data)} characters dropped")
+                call.metrics.dropped.labels("agent_too_large").inc()
+                continue
+            try:
+                return parse(data)
+            except ProtocolError as exc:
+                call.count_error(exc.kind, exc.detail)
 
     @abc.abstractmethod
     async def session(self, ws: trio_websocket.WebSocketConnection) -> None:

@@ -111,10 +111,6 @@ class UplinkFramer:
         count = len(buffer) // size
         if not count:
             return []
-        if count == 1 and len(buffer) == size:  # the μ-law passthrough: one Twilio frame is one agent frame
-            frame = bytes(buffer)
-            buffer.clear()
-            return [frame]
         with memoryview(buffer) as view:
             frames = [bytes(view[i : i + size]) for i in range(0, count * size, size)]
         del buffer[: count * size]

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 import trio
 import trio_websocket
 
-from bridge._errors import CallEnded, DeepgramProtocolError
+from bridge._errors import CallEnded
 from bridge._legs import (
     UPLINK_FRAME_BYTES,
     AgentClosed,
@@ -177,15 +177,10 @@ class DeepgramLeg(WebSocketAgentLeg):
             raise CallEnded(ended)
 
     async def _receive(self, ws: trio_websocket.WebSocketConnection) -> None:
-        call = self.call
         parse = wire.parse_event
+        receive = self.receive_event
         while True:
-            data = await ws.get_message()
-            try:
-                event = parse(data)
-            except DeepgramProtocolError as exc:
-                call.count_error(exc.kind, exc.detail)
-                continue
+            event = await receive(ws, parse)
             if type(event) is wire.AgentAudio:
                 await self._agent_audio(event.audio)
             elif await self._control(event):

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, ClassVar, Final
 import trio
 import trio_websocket
 
-from bridge._errors import OpenAIProtocolError
 from bridge._legs import (
     UPLINK_FRAME_BYTES,
     CallPort,
@@ -109,6 +108,7 @@ def dtmf_text(digit: str) -> str:
 
 
 class OpenAILeg(WebSocketAgentLeg):
+    max_message_chars = OPENAI_MAX_MESSAGE_CHARS
     capabilities: ClassVar[Capabilities] = Capabilities(
         name="openai", uplink_pcm=False, uplink_frame_bytes=UPLINK_FRAME_BYTES, takes_text=True,
         functions=True,
@@ -173,17 +173,9 @@ class OpenAILeg(WebSocketAgentLeg):
         play = call.play
         finished = self.finished_items
         await ws.send_message(handshake.initial_message())
+        receive = self.receive_event
         while True:
-            data = await ws.get_message()
-            if len(data) > OPENAI_MAX_MESSAGE_CHARS:
-                call.count_error("too_large", f"message of {len(data)} characters dropped")
-                call.metrics.dropped.labels("agent_too_large").inc()
-                continue
-            try:
-                event = parse(data)
-            except OpenAIProtocolError as exc:
-                call.count_error(exc.kind, exc.detail)
-                continue
+            event = await receive(ws, parse)
             if type(event) is AudioDelta:  # the hot path first
                 item = event.item_id
                 if not handshake.ready:

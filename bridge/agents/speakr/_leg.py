@@ -24,7 +24,6 @@ import trio
 import trio_websocket
 
 import codec
-from bridge._errors import SpeakrProtocolError
 from bridge._ledger import SegmentPlayed
 from bridge._legs import (
     AgentClosed,
@@ -49,6 +48,7 @@ SPEAKR_MAX_MESSAGE_CHARS = 4 * 1024 * 1024
 
 
 class SpeakrLeg(WebSocketAgentLeg):
+    max_message_chars = SPEAKR_MAX_MESSAGE_CHARS
     capabilities: ClassVar[Capabilities] = Capabilities(
         name="speakr", uplink_pcm=True, uplink_frame_bytes=512, reports_played=True, soft_interrupts=True
     )
@@ -124,17 +124,9 @@ class SpeakrLeg(WebSocketAgentLeg):
         parse = _speakr.parse_event
         downlink = self.downlink
         play = call.play
+        receive = self.receive_event
         while True:
-            data = await ws.get_message()
-            if len(data) > SPEAKR_MAX_MESSAGE_CHARS:
-                call.count_error("too_large", f"message of {len(data)} characters dropped")
-                call.metrics.dropped.labels("agent_too_large").inc()
-                continue
-            try:
-                event = parse(data)
-            except SpeakrProtocolError as exc:
-                call.count_error(exc.kind, exc.detail)
-                continue
+            event = await receive(ws, parse)
             if type(event) is _speakr.AgentMedia:
                 if not event.audio:
                     continue  # nothing to play: no mark, no status

@@ -523,7 +523,13 @@ class CallerLeg:
             self.log_event(logging.INFO, "dtmf", "dtmf %s", event.digit)
             if self.settings.observer is not None:
                 self.settings.observer.dtmf_digit(event.digit)
-            self.put_control(Digit(event.digit))
+            agent = self.agent
+            if agent is not None and agent.capabilities.takes_text:
+                self.put_control(Digit(event.digit))
+            else:
+                name = agent.capabilities.name if agent is not None else "the agent"
+                self.log_event(logging.INFO, "dtmf_unsent", "%s takes no text: dtmf %s not forwarded",
+                               name, event.digit)
         elif isinstance(event, _twilio.Start):
             self.runner.count_error("twilio", "second_start", "a second start was ignored")
         else:  # Connected again

@@ -95,12 +95,9 @@ class Capabilities:
     uplink_frame_bytes: int = 160
     #: Wants :class:`SegmentPlayed` on the uplink when a segment has played in full (Speakr's ``status``).
     reports_played: bool = False
-    #: Can pause and resume (soft barge-in), not only clear.
-    soft_interrupts: bool = False
-    #: Takes text from the caller's side (DTMF keys as a user message).
+    #: Takes text from the caller's side: DTMF keys go to it as :class:`Digit` (else they are only logged and
+    #: kept in the call's record).
     takes_text: bool = False
-    #: Is offered ``end_call``.
-    functions: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +269,6 @@ class WebSocketAgentLeg(AgentLeg):
     def __init__(self, call: CallPort) -> None:
         super().__init__(call)
         self.ws: trio_websocket.WebSocketConnection | None = None
-        self.opened = trio.Event()
         self._writable = _never
 
     @abc.abstractmethod
@@ -344,7 +340,6 @@ class WebSocketAgentLeg(AgentLeg):
                 ) as ws:
                     connecting.deadline = math.inf
                     self.ws = ws
-                    self.opened.set()
                     # Caught here, inside trio-websocket's block: an exception that leaves it is kept in a
                     # reference cycle (trio's nursery frames) whose traceback holds this call, so every ended
                     # call waited for a full gc to be freed; and, measured, the call then held its slot for

@@ -259,8 +259,8 @@ class CascadeLeg(AgentLeg):
     """Speech-to-text → LLM → text-to-speech over OpenAI-compatible HTTP (see the module docstring)."""
 
     capabilities: ClassVar[Capabilities] = Capabilities(
-        name="cascade", uplink_pcm=True, uplink_frame_bytes=320, reports_played=True, soft_interrupts=True,
-        takes_text=True, functions=True,
+        name="cascade", uplink_pcm=True, uplink_frame_bytes=320, reports_played=True,
+        takes_text=True,
     )
 
     def __init__(self, call: CallPort, settings: CallSettings) -> None:

@@ -85,8 +85,7 @@ MAX_SESSION_ID_CHARS: Final = 64
 
 class DeepgramLeg(WebSocketAgentLeg):
     capabilities: ClassVar[Capabilities] = Capabilities(
-        name="deepgram", uplink_pcm=False, uplink_frame_bytes=UPLINK_FRAME_BYTES, takes_text=True,
-        functions=True,
+        name="deepgram", uplink_pcm=False, uplink_frame_bytes=UPLINK_FRAME_BYTES, takes_text=True
     )
     #: Send ``KeepAlive`` after this long without sending the service anything (it times out after ~10 s).
     keepalive_interval_s: ClassVar[float] = 5.0

@@ -110,8 +110,7 @@ def dtmf_text(digit: str) -> str:
 class OpenAILeg(WebSocketAgentLeg):
     max_message_chars = OPENAI_MAX_MESSAGE_CHARS
     capabilities: ClassVar[Capabilities] = Capabilities(
-        name="openai", uplink_pcm=False, uplink_frame_bytes=UPLINK_FRAME_BYTES, takes_text=True,
-        functions=True,
+        name="openai", uplink_pcm=False, uplink_frame_bytes=UPLINK_FRAME_BYTES, takes_text=True
     )
 
     def __init__(self, call: CallPort, settings: CallSettings) -> None:

@@ -29,7 +29,6 @@ from bridge._legs import (
     AgentClosed,
     CallPort,
     Capabilities,
-    Digit,
     UplinkItem,
     WebSocketAgentLeg,
     instructions,
@@ -50,7 +49,7 @@ SPEAKR_MAX_MESSAGE_CHARS = 4 * 1024 * 1024
 class SpeakrLeg(WebSocketAgentLeg):
     max_message_chars = SPEAKR_MAX_MESSAGE_CHARS
     capabilities: ClassVar[Capabilities] = Capabilities(
-        name="speakr", uplink_pcm=True, uplink_frame_bytes=512, reports_played=True, soft_interrupts=True
+        name="speakr", uplink_pcm=True, uplink_frame_bytes=512, reports_played=True
     )
 
     def __init__(self, call: CallPort, settings: CallSettings) -> None:
@@ -105,12 +104,6 @@ class SpeakrLeg(WebSocketAgentLeg):
             key = item.key
             assert isinstance(key, tuple)  # ours: (session_id, sequence_id), see session()
             message = _speakr.status_message(key[0], key[1])
-        elif type(item) is Digit:
-            # Speakr has no message for a key press: it is logged (and kept in the call's record).
-            self.call.log_event(
-                logging.INFO, "dtmf_unsent", "speakr takes no text: dtmf %s not forwarded", item.digit
-            )
-            return
         else:
             return
         try:

@@ -92,6 +92,42 @@ async def check_store(config: Config) -> Finding:
         return Finding(OK, f"store: {store.describe()} answers")
 
 
+async def _agent_findings(config: Config) -> list[Finding]:
+    """The configured backend, checked as far as a call needs it before audio flows."""
+    findings: list[Finding] = []
+    if config.agent in ("openai", "deepgram"):
+        from bridge._doctor_agents import check_deepgram, check_openai
+
+        settings = config.openai if config.agent == "openai" else config.deepgram
+        variable = "OPENAI_REALTIME_URL" if config.agent == "openai" else "DEEPGRAM_AGENT_URL"
+        if not settings.api_key:
+            findings.append(Finding(WARN, f"{config.agent.upper()}_API_KEY unset"))
+        if urlsplit(settings.url).scheme != "wss":
+            findings.append(Finding(WARN, f"{variable} is not wss://: audio travels unencrypted"))
+        check = await (check_openai if config.agent == "openai" else check_deepgram)(config)
+        findings.append(Finding(OK if check.ok else FAIL, check.what))
+        return findings
+    if config.agent != "speakr":
+        return findings
+    agent_url = config.agent_url()
+    if agent_url is None:
+        from bridge.agents.speakr._local_agent import LocalAgentServer
+
+        async with trio.open_nursery() as nursery:
+            agent = LocalAgentServer()
+            await nursery.start(agent.serve)
+            finding = await check_agent(agent.url)
+            nursery.cancel_scope.cancel()
+        findings.append(Finding(finding.level, f"built-in local agent (SPEAKR_WS_URL unset): {finding.what}"))
+        return findings
+    if urlsplit(agent_url).scheme != "wss":
+        findings.append(Finding(WARN, "SPEAKR_WS_URL is not wss://: audio travels unencrypted"))
+    if not config.speakr_api_key:
+        findings.append(Finding(WARN, "SPEAKR_API_KEY unset"))
+    findings.append(await check_agent(agent_url))
+    return findings
+
+
 async def _run(config: Config) -> list[Finding]:
     findings: list[Finding] = []
     if codec.IMPLEMENTATION == "cython":
@@ -104,35 +140,7 @@ async def _run(config: Config) -> list[Finding]:
     else:
         findings.append(Finding(OK, "Twilio signature checks on"))
     findings.append(Finding(OK, f"agent: {config.agent} (AGENT; a call's agent parameter may pick another)"))
-    if config.agent in ("openai", "deepgram"):
-        from bridge._doctor_agents import check_deepgram, check_openai
-
-        settings = config.openai if config.agent == "openai" else config.deepgram
-        variable = "OPENAI_REALTIME_URL" if config.agent == "openai" else "DEEPGRAM_AGENT_URL"
-        if not settings.api_key:
-            findings.append(Finding(WARN, f"{config.agent.upper()}_API_KEY unset"))
-        if urlsplit(settings.url).scheme != "wss":
-            findings.append(Finding(WARN, f"{variable} is not wss://: audio travels unencrypted"))
-        check = await (check_openai if config.agent == "openai" else check_deepgram)(config)
-        findings.append(Finding(OK if check.ok else FAIL, check.what))
-    agent_url = config.agent_url()
-    if config.agent != "speakr":
-        pass
-    elif agent_url is None:
-        from bridge.agents.speakr._local_agent import LocalAgentServer
-
-        async with trio.open_nursery() as nursery:
-            agent = LocalAgentServer()
-            await nursery.start(agent.serve)
-            finding = await check_agent(agent.url)
-            nursery.cancel_scope.cancel()
-        findings.append(Finding(finding.level, f"built-in local agent (SPEAKR_WS_URL unset): {finding.what}"))
-    else:
-        if urlsplit(agent_url).scheme != "wss":
-            findings.append(Finding(WARN, "SPEAKR_WS_URL is not wss://: audio travels unencrypted"))
-        if not config.speakr_api_key:
-            findings.append(Finding(WARN, "SPEAKR_API_KEY unset"))
-        findings.append(await check_agent(agent_url))
+    findings.extend(await _agent_findings(config))
     findings.append(await check_store(config))
     if config.public_url:
         findings.extend(await check_public_url(config.public_url))

@@ -232,6 +232,10 @@ class CallerLeg:
             self.log_event(logging.INFO, "continue_ignored", "continue with nothing paused: ignored")
         await self.send_twilio(actions)
 
+    @property
+    def playing(self) -> bool:
+        return self.ledger.unplayed_bytes > 0
+
     def heard_ms(self, key: Hashable) -> int | None:
         return self.ledger.heard_ms(key, trio.current_time())
 

@@ -163,6 +163,10 @@ class CallPort(Protocol):
     async def resume(self) -> None:
         """Play again what :meth:`pause` kept (from the piece that was playing), then the audio held since."""
 
+    @property
+    def playing(self) -> bool:
+        """True while agent audio sent to the caller is not yet confirmed played (or is held by a pause)."""
+
     def heard_ms(self, key: Hashable) -> int | None:
         """How much of segment ``key`` the caller has heard so far (None: unknown key)."""
 

@@ -102,8 +102,6 @@ class DeepgramLeg(WebSocketAgentLeg):
         self._last_sent = 0.0  # when we last sent the service anything (KeepAlive timing)
         self._answers = 0  # the last segment key used
         self._key: int | None = None  # the open answer's segment key
-        self._key_played = False  # the open answer has had audio played (so the ledger knows its key)
-        self._live: list[int] = []  # keys played since the last clear that may still be unfinished
         self._dropping = False  # after a barge-in, until the next answer: binary audio is the old answer's
         self._caller_turn = False  # UserStartedSpeaking seen, the end of the caller's turn not yet
         self._unknown_types: set[str] = set()
@@ -196,10 +194,6 @@ class DeepgramLeg(WebSocketAgentLeg):
         key = self._key
         if key is None:
             key = await self._open_answer()
-        if not self._key_played:
-            self._key_played = True
-            self._live = [k for k in self._live if call.heard_ms(k) is not None]
-            self._live.append(key)
         await call.play(key, audio)
 
     async def _open_answer(self) -> int:
@@ -208,7 +202,6 @@ class DeepgramLeg(WebSocketAgentLeg):
             await self.call.close_segment(self._key)
         self._answers += 1
         self._key = self._answers
-        self._key_played = False
         self._dropping = False
         return self._key
 
@@ -232,10 +225,9 @@ class DeepgramLeg(WebSocketAgentLeg):
             # key (a segment cleared while open is dead), but not for an answer whose audio had not begun.
             self._dropping = True
             self._key = None
-        if any(call.heard_ms(k) is not None for k in self._live):
+        if call.playing:
             call.barge_in("clear")
             await call.clear()
-        self._live.clear()
 
     async def _control(self, event: wire.DeepgramEvent) -> bool:
         """One control message; True when the call is over (``end_call``)."""

@@ -207,7 +207,8 @@ class _Call:
             self.nursery.start_soon(fn, *args)
 
     async def give_up(self, reason: str) -> None:
-        """End the call now from our side: the caller hears the fallback TwiML, the agent's session is closed.
+        """End the call now from our side: both sides are closed (the caller, unless already hung up through
+        the REST API, hears the TwiML after ``</Connect>``: the fallback) and every task is cancelled.
 
         The reason is recorded first (so no other task's view of the closing sockets replaces it) and both
         closes are shielded, so the cancellation that follows cannot cut them short.
@@ -223,15 +224,6 @@ class _Call:
             if self.agent is not None:
                 with trio.move_on_after(CLOSE_TIMEOUT_S):
                     await self.agent.close()
-        self.abort(reason)
-
-    async def close_after(self, reason: str) -> None:
-        """The agent's normal end, once its audio has played out: close both sides, end the call."""
-        self.end(reason)
-        await self.caller.close_twilio()
-        if self.agent is not None:
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await self.agent.close()
         self.abort(reason)
 
     def count_error(self, peer: str, kind: str, detail: str) -> None:

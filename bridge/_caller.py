@@ -277,7 +277,7 @@ class CallerLeg:
                 # not let the fallback apology play after a normal goodbye.
                 with trio.move_on_after(self.runner.hangup_timeout_s):
                     await self.settings.hangup(self._start.call_sid)
-        await self.runner.close_after(reason)
+        await self.runner.give_up(reason)  # its audio has played (and the call is hung up): close both sides
 
     # --- the port: uplink -----------------------------------------------------------------------
 

@@ -498,11 +498,7 @@ class CallerLeg:
         if items != UPLINK_CHANNEL_ITEMS:
             # Nothing was queued yet (only the started call queues); the runner reads the channel after start.
             self.uplink_send, self.uplink_recv = trio.open_memory_channel[tuple[UplinkItem, float]](items)
-        self.framer = UplinkFramer(
-            frame_bytes=caps.uplink_frame_bytes,
-            preroll_bytes=16000 if caps.uplink_pcm else 8000,
-            silence=b"\x00" if caps.uplink_pcm else b"",
-        )
+        self.framer = UplinkFramer(frame_bytes=caps.uplink_frame_bytes, pcm=caps.uplink_pcm)
         self._start = event
         self.t_start = self.last_media = trio.current_time()
         if self.settings.observer is not None:

@@ -18,38 +18,40 @@ from __future__ import annotations
 
 from typing import Final
 
+from bridge._twilio import SAMPLE_RATE
+
 __all__ = ["FRAME_BYTES", "UplinkFramer"]
 
 #: One Speakr frame: 256 samples of PCM16LE at 8 kHz = 32 ms.
 FRAME_BYTES: Final = 512
-#: 1 s of PCM16LE at 8 kHz: what is kept of the caller's audio before Speakr is ready.
-DEFAULT_PREROLL_BYTES: Final = 16000
 
 
 class UplinkFramer:
-    """Re-frames caller PCM16LE 8 kHz audio into exact 512-byte frames, holding a preroll until ready.
+    """Re-frames caller audio (8 kHz) into exact frames, holding a preroll until ready.
 
     Args:
-        preroll_bytes: the most recent audio kept before :meth:`start` (even; 16000 = 1 s).
+        frame_bytes: bytes per frame (a whole number of samples).
+        preroll_bytes: the most recent audio kept before :meth:`start` (whole samples; None: one second).
+        pcm: PCM16LE, two bytes a sample, the last frame padded with zero samples (Speakr's fixed frames);
+            else μ-law, one byte a sample, the last frame sent short (agents that take any size).
     """
 
     __slots__ = (
-        "_buffer", "_dropped_bytes", "_frame_bytes", "_preroll_bytes", "_ready", "_sample_bytes", "_silence"
+        "_buffer", "_dropped_bytes", "_frame_bytes", "_pad", "_preroll_bytes", "_ready", "_sample_bytes"
     )
 
     def __init__(
-        self, *, frame_bytes: int = FRAME_BYTES, preroll_bytes: int = DEFAULT_PREROLL_BYTES, silence: bytes =
-        b"\x00"
+        self, *, frame_bytes: int = FRAME_BYTES, preroll_bytes: int | None = None, pcm: bool = True
     ) -> None:
-        # Silence is one sample's bytes repeated: b"\x00" for PCM16 (two bytes a sample); b"" for μ-law, one
-        # byte a sample, whose last frame goes out short rather than padded (agents that take any size).
-        self._sample_bytes = 2 if silence == b"\x00" else 1
+        self._sample_bytes = 2 if pcm else 1
+        self._pad = pcm
+        if preroll_bytes is None:
+            preroll_bytes = SAMPLE_RATE * self._sample_bytes
         if frame_bytes < 1 or frame_bytes % self._sample_bytes:
             raise ValueError(f"frame_bytes must be a whole number of samples, not {frame_bytes!r}")
         if preroll_bytes < 0 or preroll_bytes % self._sample_bytes:
             raise ValueError(f"preroll_bytes must be even and not negative, not {preroll_bytes!r}")
         self._frame_bytes = frame_bytes
-        self._silence = silence
         self._preroll_bytes = preroll_bytes
         self._buffer = bytearray()
         self._dropped_bytes = 0
@@ -94,14 +96,16 @@ class UplinkFramer:
         return self._frames()
 
     def finish(self) -> bytes | None:
-        """The call is over: returns the last partial frame padded with silence (``silence=b""``: as it is),
+        """The call is over: returns the last partial frame (PCM: padded with zero samples; μ-law: as it is),
         or None if none.
 
         Before ``ready`` it returns None: Speakr never asked for audio.
         """
         if not self._ready or not self._buffer:
             return None
-        frame = bytes(self._buffer) + self._silence * (self._frame_bytes - len(self._buffer))
+        frame = bytes(self._buffer)
+        if self._pad:
+            frame += bytes(self._frame_bytes - len(frame))
         self._buffer.clear()
         return frame
 

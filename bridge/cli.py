@@ -103,6 +103,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
+    import signal
+
     import trio
 
     from bridge._config import load_config
@@ -110,9 +112,21 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     from bridge.agents.speakr._local_agent import run_agent
 
     configure_logging(load_config().log_format)  # the agent's INFO lines show each session's turns
+
+    async def until_interrupted() -> None:
+        # Ctrl-C through a signal receiver, not Trio's KeyboardInterrupt: delivered as KI, it could wait for
+        # ever while the main task sat in the agent's nursery (seen: about one SIGINT in fifteen hung).
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(run_agent, args.host, args.port))
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+        raise KeyboardInterrupt  # the command's exit status says Ctrl-C (130)
+
     failure: BaseException | None = None
     try:
-        trio.run(partial(run_agent, args.host, args.port))
+        trio.run(until_interrupted)
     except* OSError as group:  # binding the port fails inside the agent's nursery
         failure = group
         while isinstance(failure, BaseExceptionGroup):
